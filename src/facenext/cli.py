@@ -1,0 +1,134 @@
+"""Command line: argument parsing only; every sub-command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import UserError
+
+
+def _sample_data(args: argparse.Namespace) -> None:
+    from .data.sample import write_sample_competition
+
+    summary = write_sample_competition(
+        args.out, args.term, args.source, args.identities, args.images_per_identity, args.size, args.seed
+    )
+    print(", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .config import load_config
+    from .data.layout import find_layout
+
+    # Check the config and the data before importing torch and timm (seconds), so mistakes are reported at once.
+    config = load_config(args.config, args.overrides)
+    find_layout(config.data.root, config.data.term)
+    from .engine.train import train
+
+    train(config, args.out or Path("runs") / Path(args.config).stem)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    predict(args.run, args.split, args.tta, args.out, args.weights, args.data)
+
+
+def _ensemble(args: argparse.Namespace) -> None:
+    from .ensemble import ensemble
+
+    ensemble(args.runs, args.out, args.predictions)
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from .verify import verify
+
+    verify(args.run, args.out, args.tta, args.weights, args.data)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.config, args.data, args.run, args.submissions, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facenext", description="HW2P2 face classification and verification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-data", help="write a complete sample competition")
+    p.add_argument("out", help="folder to write (replaced if it exists)")
+    p.add_argument("--from", dest="source", help="build from a folder-per-identity dataset instead of synthetic faces")
+    p.add_argument("--term", default="f23", help="competition layout: f23 (default), s23, s24 or f24")
+    p.add_argument("--identities", type=int, default=30, help="classification identities (synthetic data)")
+    p.add_argument("--images-per-identity", type=int, default=30, help="images per identity (synthetic data)")
+    p.add_argument(
+        "--size", type=int, help="image side in pixels (synthetic default 112; --from keeps the source size)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_sample_data)
+
+    p = sub.add_parser("train", help="train (or resume) a run")
+    p.add_argument("config", help="YAML config, e.g. configs/f23_lean_convnext.yaml")
+    p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=3")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="classify dev or test images with a run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--split", choices=("dev", "test"), default="test")
+    p.add_argument("--tta", help="none or flip (default: the run's predict.tta)")
+    p.add_argument("--weights", choices=("best", "last"), default="best")
+    p.add_argument("--out", help="output folder (default submissions/<run name>)")
+    p.add_argument("--data", help="data root (default: the run's data.root)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("ensemble", help="combine the test logits of runs into one submission")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", default="submissions/submission.csv")
+    p.add_argument("--predictions", default="submissions", help="folder holding each run's predictions")
+    p.set_defaults(func=_ensemble)
+
+    p = sub.add_parser("verify", help="verification: dev metrics and the test submission")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--tta", help="none or flip (default: the run's verify.tta)")
+    p.add_argument("--weights", choices=("best", "last"), default="best")
+    p.add_argument("--out", help="output folder (default submissions/<run name>)")
+    p.add_argument("--data", help="data root (default: the run's data.root)")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("demo", help="sample data -> train -> predict -> verify, with a summary")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--data", default="data/sample")
+    p.add_argument("--run", default="runs/demo")
+    p.add_argument("--submissions", default="submissions")
+    p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come before or after options (`train CONFIG --out X a=b`): collect the ones argparse left over.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"facenext: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facenext: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

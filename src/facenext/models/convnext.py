@@ -1,0 +1,223 @@
+"""ConvNeXt for face identification: the seed's lean variant and the paper's variants.
+
+One implementation covers both: the lean model (BatchNorm everywhere, no layer scale, no head norm) that
+won the F23 HW2P2 competition, and the paper's models (LayerNorm, layer scale, head norm). Module names match
+timm's ``ConvNeXt`` so that timm checkpoints load after reshaping the MLP weights (see ``load_timm_state_dict``).
+
+Every block works on NCHW tensors with 1x1 convolutions for the MLP, so the whole network runs in
+channels-last memory format without a single permute in the BatchNorm variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+
+__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtSpec", "LayerNorm2d", "load_timm_state_dict"]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dimension of an NCHW tensor (the paper's "channels_first" LayerNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return LayerNorm2d(channels, eps=1e-6)
+    raise ValueError(f"unknown norm {kind!r}: use 'batch' or 'layer'")
+
+
+class Block(nn.Module):
+    """7x7 depthwise conv -> norm -> 1x1 expand -> GELU -> 1x1 project -> layer scale -> drop path + residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        norm: str,
+        mlp_ratio: int = 4,
+        kernel_size: int = 7,
+        layer_scale: float | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = make_norm(norm, dim)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Conv2d(dim, dim * mlp_ratio, 1))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Conv2d(dim * mlp_ratio, dim, 1))
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale)) if layer_scale else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm(self.conv_dw(x)))
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        # The residual input is never modified in place, so no copy of it is needed.
+        return x + self.drop_path(y)
+
+
+class Stage(nn.Module):
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class Head(nn.Module):
+    """Global average pool -> optional norm -> optional embedding projection -> classifier."""
+
+    def __init__(self, in_dim: int, num_classes: int, norm: str | None, embed_dim: int | None, drop: float) -> None:
+        super().__init__()
+        self.norm = make_norm(norm, in_dim) if norm else nn.Identity()
+        # A projection gives verification a compact embedding; its BatchNorm1d is the usual face-recognition
+        # "BN-neck" that makes cosine similarity behave well.
+        self.embed = (
+            nn.Sequential(nn.Linear(in_dim, embed_dim, bias=False), nn.BatchNorm1d(embed_dim)) if embed_dim else None
+        )
+        self.embed_dim = embed_dim or in_dim
+        self.drop = nn.Dropout(drop)
+        self.fc = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1)
+        return self.embed(x) if self.embed is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.features(x)))
+
+
+@dataclass(frozen=True)
+class ConvNeXtSpec:
+    """The architecture of one variant; every field can be overridden from a config's ``model`` section."""
+
+    dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    norm: str = "layer"  # "batch" (the seed's lean model) or "layer" (the paper)
+    layer_scale: float | None = 1e-6  # None turns layer scale off (the seed's lean model)
+    head_norm: bool = True  # norm after global pooling (the paper); the seed's model has none
+    kernel_size: int = 7
+    mlp_ratio: int = 4
+    extra: dict = field(default_factory=dict)
+
+
+VARIANTS: dict[str, ConvNeXtSpec] = {
+    # The seed's F23 winner: 12.1 M parameters with 7001 classes, under the 21 M competition limit.
+    "lean": ConvNeXtSpec(
+        dims=(50, 175, 250, 400), depths=(6, 5, 4, 4), norm="batch", layer_scale=None, head_norm=False
+    ),
+    # The paper's models (Liu et al. 2022, table 9).
+    "tiny": ConvNeXtSpec(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3)),
+    "small": ConvNeXtSpec(dims=(96, 192, 384, 768), depths=(3, 3, 27, 3)),
+    "base": ConvNeXtSpec(dims=(128, 256, 512, 1024), depths=(3, 3, 27, 3)),
+    # Small widths of the lean design for CPU tests and the demo.
+    "lean_nano": ConvNeXtSpec(
+        dims=(24, 48, 96, 160), depths=(1, 1, 3, 1), norm="batch", layer_scale=None, head_norm=False
+    ),
+    "lean_micro": ConvNeXtSpec(
+        dims=(32, 64, 128, 256), depths=(2, 2, 4, 2), norm="batch", layer_scale=None, head_norm=False
+    ),
+}
+
+
+class ConvNeXt(nn.Module):
+    """A ConvNeXt classifier whose penultimate features serve as face embeddings.
+
+    Args:
+        num_classes: identities to classify; 0 builds a pure embedding network.
+        dims: channels of each stage.
+        depths: blocks in each stage.
+        norm: ``"batch"`` or ``"layer"``, used in the stem, the blocks and the downsampling layers.
+        layer_scale: initial value of the per-channel block output scale, or None for none.
+        head_norm: normalise the pooled features before the classifier.
+        embed_dim: when set, a linear projection (plus BatchNorm1d) to this size gives the embedding.
+        drop_path_rate: stochastic depth rate of the last block; it rises linearly from 0 over all blocks.
+        drop_rate: dropout before the classifier.
+        kernel_size: depthwise convolution kernel.
+        mlp_ratio: expansion of the block MLP.
+        init_std: standard deviation of the truncated-normal initialisation of convs and linears.
+        in_chans: input channels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (3, 3, 9, 3),
+        norm: str = "layer",
+        layer_scale: float | None = 1e-6,
+        head_norm: bool = True,
+        embed_dim: int | None = None,
+        drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        kernel_size: int = 7,
+        mlp_ratio: int = 4,
+        init_std: float = 0.02,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if len(dims) != len(depths):
+            raise ValueError(f"dims {tuple(dims)} and depths {tuple(depths)} must have the same length")
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), make_norm(norm, dims[0]))
+        # The paper's stochastic depth: linear from 0 at the first block to the rate at the last.
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, first = [], 0
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            down = (
+                nn.Sequential(make_norm(norm, dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, stride=2))
+                if i > 0
+                else nn.Identity()
+            )
+            blocks = [Block(dim, norm, mlp_ratio, kernel_size, layer_scale, rates[first + j]) for j in range(depth)]
+            stages.append(Stage(down, blocks))
+            first += depth
+        self.stages = nn.Sequential(*stages)
+        self.head = Head(dims[-1], num_classes, norm if head_norm else None, embed_dim, drop_rate)
+        self.embed_dim = self.head.embed_dim
+        self.init_std = init_std
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(module.weight, std=self.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map."""
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor:
+        """Logits, or the embedding (pooled features, projected when ``embed_dim`` is set) with ``return_feats``."""
+        x = self.forward_features(x)
+        return self.head.features(x) if return_feats else self.head(x)
+
+
+def load_timm_state_dict(model: ConvNeXt, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a timm ``ConvNeXt`` state dict (e.g. ``convnext_tiny``) into ``model``.
+
+    timm's paper variants use ``nn.Linear`` for the block MLP where this model uses 1x1 convolutions; their
+    weights differ only by two trailing singleton dimensions.
+    """
+    own = model.state_dict()
+    converted = {}
+    for name, tensor in state_dict.items():
+        if name not in own:
+            raise KeyError(f"timm parameter {name!r} has no counterpart in this model")
+        converted[name] = tensor.reshape(own[name].shape)
+    model.load_state_dict(converted)

@@ -1,0 +1,56 @@
+"""Build any model the configs name: this project's ConvNeXt variants or any timm backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convnext import VARIANTS, ConvNeXt
+
+TIMM_PREFIX = "timm:"
+
+
+class TimmFaceModel(nn.Module):
+    """Gives a timm classifier the project's interface: ``forward(x, return_feats)``, ``num_classes``, ``embed_dim``."""
+
+    def __init__(self, name: str, num_classes: int, **kwargs: Any) -> None:
+        super().__init__()
+        import timm
+
+        # Pretrained weights are outside data under the HW2P2 rules, so they are never fetched.
+        self.model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        self.num_classes = num_classes
+        self.embed_dim = self.model.num_features
+
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor:
+        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return feats if return_feats else self.model.get_classifier()(feats)
+
+
+def model_names() -> list[str]:
+    return [*sorted(VARIANTS), TIMM_PREFIX + "<any timm model>"]
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Return the model ``name`` (a key of ``VARIANTS`` or ``timm:<timm name>``) with ``num_classes`` outputs.
+
+    Keyword arguments override the variant's architecture (``dims``, ``depths``, ...) or set training options
+    (``drop_path_rate``, ``embed_dim``, ``init_std``); ``None`` values are ignored.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name.startswith(TIMM_PREFIX):
+        kwargs.pop("embed_dim", None)
+        kwargs.pop("init_std", None)
+        return TimmFaceModel(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")
+    spec = {f.name: getattr(VARIANTS[name], f.name) for f in dataclasses.fields(VARIANTS[name]) if f.name != "extra"}
+    spec.update(kwargs)
+    return ConvNeXt(num_classes=num_classes, **spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
