@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    log_every: int = 50  # iterations between progress lines when not on a terminal
+    log_every: int = 50  # iterations between progress lines when not on a terminal (0: none)
 
 
 @dataclass

@@ -230,9 +230,8 @@ class Trainer:
         self.train_loader.sampler.set_epoch(self.epoch)
         t = self.config.train
         loss_sum, correct, count, start = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(
-            self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not sys.stderr.isatty()
-        )
+        interactive = sys.stderr.isatty()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not interactive)
         for images, labels in bar:
             images = to_device(images, self.device, self.channels_last)
             labels = labels.to(self.device, non_blocking=True)
@@ -251,6 +250,10 @@ class Trainer:
             correct += (logits.argmax(1) == labels).sum().item()
             count += len(labels)
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
+            if not interactive and t.log_every and self.step % t.log_every == 0:
+                # Notebook and CI logs get a plain line now and then instead of a progress bar.
+                rate = count / (time.perf_counter() - start)
+                print(f"  step {self.step}  loss {loss_sum / count:.3f}  acc {correct / count:.3f}  {rate:.0f} img/s")
         seconds = time.perf_counter() - start
         return {"train_loss": loss_sum / count, "train_acc": correct / count, "images_per_s": count / seconds}
 
