@@ -14,7 +14,7 @@ DATA ?= data
 FILE ?= submissions/submission.csv
 MSG ?= FaceNext $(notdir $(RUNS))
 
-.PHONY: setup demo test lint download train predict ensemble verify submit clean-demo
+.PHONY: setup demo test lint download train predict ensemble verify submit clean-demo bench
 
 setup: $(VENV)/.installed
 
@@ -54,3 +54,6 @@ submit: setup
 
 clean-demo:
 	rm -rf data/sample runs/demo submissions/demo submissions/*.csv submissions/*.json
+
+bench: setup
+	$(BIN)/python scripts/bench.py --out benchmarks/results.md

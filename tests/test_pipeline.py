@@ -1,6 +1,7 @@
 """The stages run for real on the tiny sample competition: train, resume, predict, ensemble, verify."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -28,9 +29,7 @@ def test_training_writes_the_run_folder_and_learns(trained_run):
 
 def test_rerunning_a_finished_run_trains_nothing_and_extending_resumes(trained_run, tmp_path, capsys):
     run = tmp_path / "copy"
-    run.mkdir()
-    for f in trained_run.iterdir():
-        (run / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(trained_run, run)
     config = json.loads((trained_run / "summary.json").read_text())
     args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run)]
     args += [f"data.root={find_layout_root(trained_run)}", *TINY_MODEL, *TINY_TRAIN]

@@ -32,6 +32,13 @@ def _train(args: argparse.Namespace) -> None:
     train(config, args.out or Path("runs") / Path(args.config).stem)
 
 
+def _info(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .info import print_info
+
+    print_info(load_config(args.config, args.overrides))
+
+
 def _predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
@@ -50,10 +57,28 @@ def _verify(args: argparse.Namespace) -> None:
     verify(args.run, args.out, args.tta, args.weights, args.data)
 
 
+def _average(args: argparse.Namespace) -> None:
+    from .engine.average import average_checkpoints
+
+    average_checkpoints(args.run, args.top_k)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.config, args.data, args.run, args.submissions, args.overrides)
+
+
+def _download(args: argparse.Namespace) -> None:
+    from .kaggle import download
+
+    download(args.slug, args.out, args.force)
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from .kaggle import submit
+
+    submit(args.file, args.competition, args.message, args.data, args.dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=3")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("info", help="a config's model: parameters, MACs, embedding size, competition limits")
+    p.add_argument("config", help="YAML config, e.g. configs/f23_lean_convnext.yaml")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. data.image_size=224")
+    p.set_defaults(func=_info)
+
     p = sub.add_parser("predict", help="classify dev or test images with a run")
     p.add_argument("run", help="run folder")
     p.add_argument("--split", choices=("dev", "test"), default="test")
     p.add_argument("--tta", help="none or flip (default: the run's predict.tta)")
-    p.add_argument("--weights", choices=("best", "last"), default="best")
+    p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.set_defaults(func=_predict)
@@ -96,10 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="verification: dev metrics and the test submission")
     p.add_argument("run", help="run folder")
     p.add_argument("--tta", help="none or flip (default: the run's verify.tta)")
-    p.add_argument("--weights", choices=("best", "last"), default="best")
+    p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("average", help="average a run's top-k epoch weights into averaged.pt")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--top-k", type=int, help="average the k best epochs (default: all kept, train.keep_top_k)")
+    p.set_defaults(func=_average)
 
     p = sub.add_parser("demo", help="sample data -> train -> predict -> verify, with a summary")
     p.add_argument("--config", default="configs/demo.yaml")
@@ -108,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submissions", default="submissions")
     p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("download", help="download and extract a competition's files with the kaggle client")
+    p.add_argument("slug", help="competition slug, e.g. 11785-hw2p2-face-recognition")
+    p.add_argument("--out", default="data", help="data root; files go to OUT/SLUG (default data)")
+    p.add_argument("--force", action="store_true", help="download again even if already complete")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("submit", help="check a submission file, then upload it to Kaggle")
+    p.add_argument("file", help="submission CSV")
+    p.add_argument("--competition", required=True, help="competition slug")
+    p.add_argument("--message", required=True, help="submission description")
+    p.add_argument("--data", default="data", help="data root used to check the file (default data)")
+    p.add_argument("--dry-run", action="store_true", help="check the file only; upload nothing")
+    p.set_defaults(func=_submit)
     return parser
 
 

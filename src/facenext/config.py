@@ -52,11 +52,28 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr is multiplied by gamma
     gamma: float = 0.6
+    mixup: float = 0.0  # mixup alpha (0: off); with mixup or cutmix the loss takes soft targets
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    mix_prob: float = 1.0  # probability of mixing a batch
+    ema: bool = False  # keep an exponential moving average of the weights, evaluated beside them
+    ema_decay: float = 0.9998
+    ema_warmup: bool = True  # ramp the decay up from 0 (timm's EMA warm-up): useful EMA weights in short runs too
+    accum_steps: int = 1  # gradient accumulation: optimizer steps every N batches
+    clip_grad: float | None = None  # max gradient norm
     amp: bool = True  # bf16 autocast where supported, else fp16 with a GradScaler; CUDA only
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic algorithms (tests, resume checks)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    keep_top_k: int = 3  # epoch checkpoints kept (best dev accuracy) for `facenext average`
+    recovery_minutes: float = 20.0  # mid-epoch recovery checkpoint interval (0: only at epoch ends)
+    time_limit_h: float | None = None  # stop cleanly with a checkpoint after this long (Kaggle: 11.5 h by default)
+    max_bad_steps: int = 20  # stop after this many non-finite losses in a row
+    init_from: str | None = None  # start from another run's weights (e.g. fine-tuning), classifier re-made if needed
+    log_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, when installed
+    plot: bool = True  # write curves.png at the end
     log_every: int = 50  # iterations between progress lines when not on a terminal (0: none)
 
 

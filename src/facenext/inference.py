@@ -20,6 +20,7 @@ from .engine.train import build_model, load_run_config, to_device
 from .errors import UserError
 
 TTA_MODES = ("none", "flip")
+WEIGHTS = ("best", "last", "ema", "averaged")
 
 
 @dataclass
@@ -34,12 +35,16 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | None = None) -> LoadedRun:
-    """A run's model in eval mode with its ``best`` or ``last`` weights, on ``device``."""
+    """A run's model in eval mode with its ``best``, ``last``, ``ema`` or ``averaged`` weights, on ``device``."""
     run_dir = Path(run_dir)
     config, classes = load_run_config(run_dir)
-    if weights not in ("best", "last"):
-        raise UserError(f"unknown weights {weights!r}: use best or last")
-    state = load_checkpoint(run_dir / f"{weights}.pt")
+    if weights not in WEIGHTS:
+        raise UserError(f"unknown weights {weights!r}: use one of {', '.join(WEIGHTS)}")
+    state = load_checkpoint(run_dir / ("last.pt" if weights == "ema" else f"{weights}.pt"))
+    if weights == "ema":
+        if state.get("ema") is None:
+            raise UserError(f"{run_dir} was trained without EMA (train.ema=false): use --weights best or last")
+        state = {**state, "model": state["ema"]}
     if state.get("classes") != classes:
         raise UserError(f"{run_dir}/{weights}.pt does not match {run_dir}/classes.json: retrain the run")
     device = device or resolve_device(config.train.device)

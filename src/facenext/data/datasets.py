@@ -70,18 +70,31 @@ class FaceImages(Dataset):
 
 
 class SeededSampler(Sampler):
-    """Yields ``(seed, epoch, index)``: a shuffled order and augmentation seeds that depend on the epoch only."""
+    """Yields ``(seed, epoch, index)``: a shuffled order and augmentation seeds that depend on the epoch only.
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
-        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+    Under data parallelism each of ``world`` processes takes every ``world``-th index of the same order, so the
+    union of the processes' k-th batches is the single-process k-th batch. ``skip`` resumes inside an epoch.
+    """
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, length: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world = rank, world
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _shard_size(self) -> int:
+        return -(-self.length // self.world)
 
     def __len__(self) -> int:
-        return self.length
+        return self._shard_size() - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.length, generator=generator) if self.shuffle else torch.arange(self.length)
-        return ((self.seed, self.epoch, int(i)) for i in order)
+        padded = self._shard_size() * self.world
+        if padded > self.length:  # every process gets as many samples (repeats a few, as DistributedSampler does)
+            order = torch.cat([order, order[: padded - self.length]])
+        shard = order[self.rank :: self.world][self.skip :]
+        return ((self.seed, self.epoch, int(i)) for i in shard)

@@ -1,13 +1,21 @@
-"""The training loop: one run folder per config, resumable by re-running the same command."""
+"""The training loop: one run folder per config, resumable by re-running the same command.
+
+A run never loses more than ``train.recovery_minutes`` of work: ``last.pt`` is written at every epoch end and
+``recovery.pt`` inside long epochs, each atomically, with everything needed to continue bit for bit: weights, EMA,
+optimizer, scaler, position in the epoch and the random number generators.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import random
+import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -29,9 +41,16 @@ from ..data.transforms import eval_transform, train_transform
 from ..device import amp_dtype, autocast, resolve_device
 from ..errors import UserError
 from ..models import count_parameters, create_model
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from .curves import ExperimentLogger, plot_curves
+from .distributed import DistContext, all_sum, any_rank, barrier, init_distributed
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "lr", "images_per_s", "epoch_s"]
+# The first eight columns are the documented contract; later ones are additions.
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "lr", "images_per_s", "epoch_s",
+    "ema_dev_acc", "skipped_steps",
+]  # fmt: skip
+KAGGLE_TIME_LIMIT_H = 11.5  # Kaggle notebook sessions end after 12 hours
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -63,17 +82,23 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
 
 
 def make_loader(
-    dataset: FaceImages, config: Config, device: torch.device, shuffle: bool, batch_size: int
+    dataset: FaceImages, config: Config, device: torch.device, shuffle: bool, batch_size: int, ctx: DistContext
 ) -> DataLoader:
     workers = config.data.num_workers
+    sampler = SeededSampler(
+        len(dataset), config.train.seed, shuffle, ctx.rank if shuffle else 0, ctx.world if shuffle else 1
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=SeededSampler(len(dataset), config.train.seed, shuffle=shuffle),
+        sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        drop_last=shuffle and len(dataset) > batch_size,
+        drop_last=shuffle and len(sampler) > batch_size,
+        # A private generator: creating worker processes must not consume the global RNG, or a resumed run
+        # would draw different drop-path masks than an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.train.seed),
     )
 
 
@@ -85,7 +110,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int) -> Scheduler:
-    """Schedules stepped per iteration (``step_update``), so warm-up and decay are smooth at any epoch count."""
+    """Schedules stepped per optimizer step (``step_update``), so warm-up and decay are smooth at any epoch count."""
     t = config.train
     warmup = int(t.warmup_epochs * steps_per_epoch)
     if t.schedule == "cosine":
@@ -135,11 +160,17 @@ def load_data(config: Config) -> Data:
     return Data(layout, classes, train, dev)
 
 
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None, channels_last: bool
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy."""
+    was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
@@ -150,12 +181,70 @@ def evaluate(
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
+    model.train(was_training)
     return loss_sum / count, correct / count
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+def rng_state() -> dict[str, Any]:
+    """Every generator a training step draws from, in a form ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point())
+
+
+class StopRequest:
+    """Turns SIGTERM (Kaggle, schedulers, `kill`) and the time limit into a clean stop with a checkpoint."""
+
+    def __init__(self, time_limit_h: float | None) -> None:
+        self.deadline = time.monotonic() + time_limit_h * 3600 if time_limit_h else None
+        self.signalled = False
+        self.previous = None
+
+    def __enter__(self) -> StopRequest:
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signalled = True
+
+    def reason(self) -> str | None:
+        if self.signalled:
+            return "SIGTERM"
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return "time limit"
+        return None
+
+
+def default_time_limit(config: Config) -> float | None:
+    if config.train.time_limit_h is not None:
+        return config.train.time_limit_h
+    return KAGGLE_TIME_LIMIT_H if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else None
 
 
 class Trainer:
@@ -163,45 +252,118 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: Path, device: torch.device | None = None) -> None:
         self.config, self.run_dir = config, run_dir
-        self.device = device or resolve_device(config.train.device)
         t = config.train
+        self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)
         self.data = load_data(config)
-        self.model = build_model(config, len(self.data.classes)).to(self.device)
+        num_classes = len(self.data.classes)
+        self.model = build_model(config, num_classes).to(self.device)
+        if t.init_from:
+            self._init_from(Path(t.init_from))
         self.channels_last = t.channels_last and self.device.type in ("cuda", "cpu")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.dtype = amp_dtype(self.device, t.amp)
         # Loss scaling is needed for fp16 only; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr)
-        self.train_loader = make_loader(self.data.train, config, self.device, True, t.batch_size)
+        self.step_model = self._wrap(self.model)
+
+        if t.batch_size % self.ctx.world:
+            raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {self.ctx.world} processes")
+        self.batch = t.batch_size // self.ctx.world
+        self.mixup = self._mixup(num_classes)
+        self.train_loader = make_loader(self.data.train, config, self.device, True, self.batch, self.ctx)
         self.dev_loader = (
-            make_loader(self.data.dev, config, self.device, False, t.batch_size * 2) if self.data.dev else None
+            make_loader(self.data.dev, config, self.device, False, self.batch * 2, DistContext())
+            if self.data.dev
+            else None
         )
-        self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
-        self.epoch, self.step, self.best_acc, self.history = 0, 0, -1.0, []
+        self.steps_per_epoch = max(1, len(self.train_loader) // t.accum_steps)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_acc, self.best_source, self.history, self.top = -1.0, "", [], []
+        self.epoch_stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, seconds: carried by recovery files
+        self.bad_steps, self.skipped = 0, 0
+        self.last_recovery = time.monotonic()
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        t = self.config.train
+        if self.ctx.enabled:
+            if t.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if t.compile else model
+
+    def _mixup(self, num_classes: int) -> Mixup | None:
+        t = self.config.train
+        if t.mixup <= 0 and t.cutmix <= 0:
+            return None
+        if self.batch % 2:
+            raise UserError(f"mixup/cutmix need an even batch per process, got {self.batch}: change train.batch_size")
+        return Mixup(
+            mixup_alpha=t.mixup,
+            cutmix_alpha=t.cutmix,
+            prob=t.mix_prob,
+            label_smoothing=t.label_smoothing,
+            num_classes=num_classes,
+        )
+
+    def _init_from(self, run: Path) -> None:
+        """Start from another run's weights; a classifier of another size is left freshly initialised."""
+        path = run / "best.pt" if run.is_dir() else run
+        state = load_checkpoint(path)["model"]
+        own = self.model.state_dict()
+        compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not compatible:
+            raise UserError(f"{path} shares no weights with model {self.config.model.name}: check train.init_from")
+        self.model.load_state_dict(compatible, strict=False)
+        if self.ctx.is_main:
+            print(f"initialised {len(compatible)} of {len(own)} tensors from {path}")
 
     # --- run folder -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "batch": self.batch_in_epoch,
             "step": self.step,
+            "epoch_stats": list(self.epoch_stats),
+            "skipped": self.skipped,
             "best_acc": self.best_acc,
+            "best_source": self.best_source,
             "history": self.history,
+            "top": self.top,
+            "rng": rng_state(),
             "config": self.config.to_dict(),
             "classes": self.data.classes,
         }
 
+    def _latest_checkpoint(self) -> dict[str, Any] | None:
+        """The most advanced readable checkpoint; a damaged one is reported and the next one used."""
+        states = []
+        for name in ("recovery.pt", "last.pt"):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            try:
+                states.append(load_checkpoint(path, self.device))
+            except UserError as e:
+                print(f"warning: skipping {path}: {e}", file=sys.stderr)
+        return max(states, key=lambda s: (s["epoch"], s["batch"]), default=None)
+
     def resume(self) -> bool:
-        """Continue from ``last.pt`` when the run folder holds one; refuse if it belongs to another config."""
-        path = self.run_dir / "last.pt"
-        if not path.exists():
+        """Continue from the run folder's latest checkpoint; refuse one that belongs to another config."""
+        state = self._latest_checkpoint()
+        if state is None:
+            if (self.run_dir / "last.pt").exists():
+                raise UserError(f"no readable checkpoint in {self.run_dir}: delete the folder to start again")
             return False
-        state = load_checkpoint(path, self.device)
         saved, current = dict(state["config"]), self.config.to_dict()
         saved["train"] = {**saved["train"], "epochs": current["train"]["epochs"]}  # extending a run is allowed
         if saved != current:
@@ -211,96 +373,225 @@ class Trainer:
         if state["classes"] != self.data.classes:
             raise UserError(f"{self.run_dir} was trained on other identities than {self.data.layout.train}")
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.best_acc, self.history = state["best_acc"], list(state["history"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
+        self.epoch_stats, self.skipped = list(state["epoch_stats"]), state["skipped"]
+        self.best_acc, self.best_source = state["best_acc"], state["best_source"]
+        self.history, self.top = list(state["history"]), [tuple(x) for x in state["top"]]
+        set_rng_state(state["rng"])
         return True
 
     def write_metrics(self) -> None:
-        path = self.run_dir / "metrics.csv"
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.history)
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.history)
+
+        atomic_write(self.run_dir / "metrics.csv", write)
+
+    def save_recovery(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.run_dir / "recovery.pt", self.state())
+        self.last_recovery = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------------------------------------
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        self.train_loader.sampler.set_epoch(self.epoch)
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.mixup is not None:
+            return SoftTargetCrossEntropy()(logits.float(), targets)
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.config.train.label_smoothing)
+
+    def _optimizer_step(self) -> None:
         t = self.config.train
-        loss_sum, correct, count, start = 0.0, 0, 0, time.perf_counter()
-        interactive = sys.stderr.isatty()
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not interactive)
+        if t.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.scheduler.step_update(self.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    def train_epoch(self, stop: StopRequest) -> str | None:
+        """Train until the epoch ends (None) or a stop is requested (its reason)."""
+        t = self.config.train
+        self.step_model.train()
+        self.train_loader.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.batch)
+        interactive = sys.stderr.isatty() and self.ctx.is_main
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            leave=False,
+            disable=not interactive,
+            initial=self.batch_in_epoch,
+            total=self.batch_in_epoch + len(self.train_loader),
+        )
+        stats, started = self.epoch_stats, time.perf_counter() - self.epoch_stats[3]
         for images, labels in bar:
             images = to_device(images, self.device, self.channels_last)
             labels = labels.to(self.device, non_blocking=True)
-            with autocast(self.device, self.dtype):
-                logits = self.model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise UserError(f"training diverged (loss {loss.item()}) at step {self.step}: lower train.lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.step += 1
-            self.scheduler.step_update(self.step)
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            count += len(labels)
-            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
-            if not interactive and t.log_every and self.step % t.log_every == 0:
+            targets = labels
+            if self.mixup is not None:
+                images, targets = self.mixup(images, labels)
+            boundary = (self.batch_in_epoch + 1) % t.accum_steps == 0
+            sync = nullcontext() if boundary or not self.ctx.enabled else self.step_model.no_sync()
+            with sync:
+                with autocast(self.device, self.dtype):
+                    logits = self.step_model(images)
+                    loss = self._loss(logits, targets)
+                if any_rank(not torch.isfinite(loss).item(), self.ctx, self.device):
+                    self._skip_bad_step(loss)
+                    continue
+                self.bad_steps = 0
+                self.scaler.scale(loss / t.accum_steps).backward()
+            self.batch_in_epoch += 1
+            if boundary:
+                self._optimizer_step()
+            stats[0] += loss.item() * len(labels)
+            stats[1] += (logits.argmax(1) == labels).sum().item()
+            stats[2] += len(labels)
+            stats[3] = time.perf_counter() - started
+            rate = stats[2] / max(stats[3], 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(
+                loss=f"{stats[0] / stats[2]:.3f}", acc=f"{stats[1] / stats[2]:.3f}", lr=f"{lr:.1e}", ips=f"{rate:.0f}"
+            )
+            if not interactive and self.ctx.is_main and t.log_every and self.step % t.log_every == 0 and boundary:
                 # Notebook and CI logs get a plain line now and then instead of a progress bar.
-                rate = count / (time.perf_counter() - start)
-                print(f"  step {self.step}  loss {loss_sum / count:.3f}  acc {correct / count:.3f}  {rate:.0f} img/s")
-        seconds = time.perf_counter() - start
-        return {"train_loss": loss_sum / count, "train_acc": correct / count, "images_per_s": count / seconds}
+                loss_avg, acc_avg = stats[0] / stats[2], stats[1] / stats[2]
+                print(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s", flush=True)
+            if not boundary:
+                continue
+            reason = stop.reason()
+            if self.ctx.enabled and any_rank(reason is not None, self.ctx, self.device):
+                reason = reason or "another process stopped"
+            if reason is not None:
+                self.save_recovery()
+                return reason
+            if t.recovery_minutes and time.monotonic() - self.last_recovery > t.recovery_minutes * 60:
+                self.save_recovery()
+        return None
+
+    def _skip_bad_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.skipped += 1
+        if self.bad_steps >= self.config.train.max_bad_steps:
+            raise UserError(
+                f"{self.bad_steps} non-finite losses in a row (last {loss.item()}) at step {self.step}: "
+                f"lower train.lr or set train.clip_grad; {self.run_dir}/last.pt holds the last good epoch"
+            )
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Evaluate, write the epoch's row and checkpoints, and reset the per-epoch counters."""
+        loss_sum, correct, count = all_sum(self.epoch_stats[:3], self.ctx, self.device)
+        seconds = self.epoch_stats[3]
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count}
+        dev_loss = dev_acc = ema_acc = float("nan")
+        if self.ctx.is_main and self.dev_loader is not None:
+            dev_loss, dev_acc = evaluate(self.model, self.dev_loader, self.device, self.dtype, self.channels_last)
+            if self.ema is not None:
+                ema_acc = evaluate(self.ema.module, self.dev_loader, self.device, self.dtype, self.channels_last)[1]
+        row.update(dev_loss=dev_loss, dev_acc=dev_acc, ema_dev_acc=ema_acc, lr=self.optimizer.param_groups[0]["lr"])
+        row.update(images_per_s=count / max(seconds, 1e-9), epoch_s=seconds, skipped_steps=self.skipped)
+        self.epoch += 1
+        self.batch_in_epoch, self.epoch_stats, self.skipped = 0, [0.0, 0.0, 0.0, 0.0], 0
+        self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+        if self.ctx.is_main:
+            self._save_epoch(dev_acc, ema_acc)
+        barrier(self.ctx)
+        return row
+
+    def _save_epoch(self, dev_acc: float, ema_acc: float) -> None:
+        """Best and top-k first, ``last.pt`` last: a crash in between repeats the epoch, which changes nothing."""
+        use_ema = self.ema is not None and ema_acc > dev_acc
+        score, source = (ema_acc, "ema") if use_ema else (dev_acc, "raw")
+        finite = all_finite(self.ema.module if use_ema else self.model)
+        # Without a dev split there is nothing to rank by: the latest epoch is the best one.
+        improved = finite and (score > self.best_acc or math.isnan(score) or not (self.run_dir / "best.pt").exists())
+        if improved:
+            self.best_acc, self.best_source = score, source
+        keep = finite and self.config.train.keep_top_k > 0 and not math.isnan(score)
+        dropped = self._rank_top_k(score) if keep else []
+        state = self.state()
+        weights = state["ema"] if use_ema else state["model"]
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", {**state, "model": weights, "best_source": source})
+        if keep and any(name == self._top_name() for _, _, name in self.top):
+            meta = {"epoch": self.epoch, "dev_acc": score, "config": state["config"], "classes": state["classes"]}
+            save_checkpoint(self.run_dir / "top" / self._top_name(), {"model": weights, **meta})
+        for name in dropped:
+            (self.run_dir / "top" / name).unlink(missing_ok=True)
+        self.write_metrics()
+        save_checkpoint(self.run_dir / "last.pt", state)
+        (self.run_dir / "recovery.pt").unlink(missing_ok=True)
+
+    def _top_name(self) -> str:
+        return f"epoch_{self.epoch:04d}.pt"
+
+    def _rank_top_k(self, score: float) -> list[str]:
+        """Add this epoch to the k best kept for checkpoint averaging; return the names that fell out."""
+        ranked = sorted([*self.top, (score, self.epoch, self._top_name())], key=lambda x: (-x[0], -x[1]))
+        k = self.config.train.keep_top_k
+        self.top = ranked[:k]
+        return [name for _, _, name in ranked[k:]]
+
+    def _print_epoch(self, row: dict[str, Any]) -> None:
+        ema = f" (EMA {row['ema_dev_acc']:.3f})" if self.ema is not None else ""
+        skipped = f"  {row['skipped_steps']} steps skipped" if row["skipped_steps"] else ""
+        print(
+            f"epoch {row['epoch']:>3}/{self.config.train.epochs}  train loss {row['train_loss']:.3f} "
+            f"acc {row['train_acc']:.3f}  dev loss {row['dev_loss']:.3f} acc {row['dev_acc']:.3f}{ema}  "
+            f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_s']:.1f}s{skipped}",
+            flush=True,
+        )
 
     def fit(self) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.ctx.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.ctx)
         resumed = self.resume()
-        save_config(self.config, self.run_dir / "config.yaml")
-        (self.run_dir / "classes.json").write_text(json.dumps(self.data.classes))
         t = self.config.train
-        print(
-            f"{'resuming' if resumed else 'training'} {self.config.model.name} "
-            f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.device}"
-            f"{f' with {self.dtype} autocast' if self.dtype else ''}: {len(self.data.classes)} identities, "
-            f"{len(self.data.train)} train images, epoch {self.epoch + 1} of {t.epochs}"
-        )
-        self.scheduler.step_update(self.step)
-        while self.epoch < t.epochs:
-            epoch_start = time.perf_counter()
-            row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            dev_loss, dev_acc = (
-                evaluate(self.model, self.dev_loader, self.device, self.dtype, self.channels_last)
-                if self.dev_loader
-                else (float("nan"), float("nan"))
-            )
-            row.update(dev_loss=dev_loss, dev_acc=dev_acc, lr=self.optimizer.param_groups[0]["lr"])
-            row["epoch_s"] = time.perf_counter() - epoch_start
-            self.epoch += 1
-            self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-            improved = dev_acc > self.best_acc
-            if improved:
-                self.best_acc = dev_acc
-            state = self.state()
-            save_checkpoint(self.run_dir / "last.pt", state)
-            if improved or not (self.run_dir / "best.pt").exists():
-                save_checkpoint(self.run_dir / "best.pt", state)
-            self.write_metrics()
+        logger = ExperimentLogger(t.log_to, self.run_dir, self.config.to_dict()) if main else None
+        if main:
+            save_config(self.config, self.run_dir / "config.yaml")
+            (self.run_dir / "classes.json").write_text(json.dumps(self.data.classes))
+            where = f"epoch {self.epoch + 1}" + (f", batch {self.batch_in_epoch + 1}" if self.batch_in_epoch else "")
             print(
-                f"epoch {row['epoch']:>3}/{t.epochs}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}  "
-                f"dev loss {dev_loss:.3f} acc {dev_acc:.3f}  lr {row['lr']:.2e}  "
-                f"{row['images_per_s']:.0f} img/s  {row['epoch_s']:.1f}s",
-                flush=True,
+                f"{'resuming' if resumed else 'training'} {self.config.model.name} "
+                f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.device}"
+                f"{f' x{self.ctx.world}' if self.ctx.enabled else ''}"
+                f"{f' with {self.dtype} autocast' if self.dtype else ''}: {len(self.data.classes)} identities, "
+                f"{len(self.data.train)} train images, {where} of {t.epochs}"
             )
-        summary = self.summary()
-        write_json(self.run_dir / "summary.json", summary)
+        self.scheduler.step_update(self.step)
+        stopped = None
+        with StopRequest(default_time_limit(self.config)) as stop:
+            while self.epoch < t.epochs and stopped is None:
+                stopped = self.train_epoch(stop)
+                if stopped is None:
+                    row = self.end_epoch()
+                    if main:
+                        self._print_epoch(row)
+                        logger.log(row)
+        summary = self.summary(stopped)
+        if main:
+            if stopped:
+                where = f"epoch {self.epoch + 1}, step {self.step}"
+                print(f"stopped ({stopped}) at {where}: re-run the same command to resume", flush=True)
+            elif self.history and t.plot:
+                plot_curves(self.history, self.run_dir / "curves.png")
+            write_json(self.run_dir / "summary.json", summary)
+            logger.close()
         return summary
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, stopped: str | None = None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {
             "run": str(self.run_dir),
@@ -308,10 +599,14 @@ class Trainer:
             "parameters": count_parameters(self.model),
             "classes": len(self.data.classes),
             "epochs": self.epoch,
+            "complete": self.epoch >= self.config.train.epochs,
+            "stopped": stopped,
             "best_dev_acc": self.best_acc,
+            "best_source": self.best_source,
             "last_dev_acc": last.get("dev_acc"),
             "train_s": round(sum(r["epoch_s"] for r in self.history), 2),
             "device": str(self.device),
+            "processes": self.ctx.world,
         }
 
 

@@ -1,0 +1,387 @@
+"""Throughput of the lean ConvNeXt on this machine: this project's model against the seed's and timm's.
+
+Operational script, not library code. Every model is trained (AdamW step) and run for inference on random
+images at 112 and 224 px. The models take turns within each repetition (round-robin after a warm-up round),
+so the machine's drifting load hits them alike; the table reports medians.
+
+    .venv/bin/python scripts/bench.py --out benchmarks/results.md      # ~8 minutes on 2 CPU cores
+    .venv/bin/python scripts/bench.py --quick                          # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import init
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from facenext.models.factory import count_parameters, create_model
+
+NUM_CLASSES = 7001
+DROP_PATH = 0.5
+
+# ---------------------------------------------------------------------------------------------------------------
+# The seed's implementation (shared/seed/ConvNext.md, "Implementation"), copied as written. Only its globals are
+# replaced: config['truncated_normal_mean'/'_std'] by the constants below and DEVICE by the CPU. Its x.clone() and
+# its drop-path schedule (a linspace over sum(channel_list), indexed by i+j) are kept on purpose.
+# ---------------------------------------------------------------------------------------------------------------
+TRUNCATED_NORMAL_MEAN = 0.0
+TRUNCATED_NORMAL_STD = 0.02
+DEVICE = "cpu"
+
+
+class DropPath(torch.nn.Module):
+    """
+    Stochastic Depth (we drop the non-shortcut path inside residual blocks with
+                      some probability p)
+    """
+
+    def __init__(self, drop_probability=0.0):
+        super().__init__()
+        self.drop_prob = drop_probability
+
+    def forward(self, x):
+        # if drop prob is zero or in inference mode, skip this
+        if np.isclose(self.drop_prob, 0.0, atol=1e-9) or not self.training:
+            return x
+
+        # find output shape (eg. if input = 4D tensor, output = (1,1,1,1))
+        # output_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        output_shape = (x.shape[0], 1, 1, 1)
+
+        # create mask of output shape and of input type on same device
+        keep_mask = torch.empty(output_shape, dtype=x.dtype, device=DEVICE).bernoulli_(1 - self.drop_prob)
+        # Alternative: random_tensor = x.new_empty(shape).bernoulli_(keep_prob)
+
+        # NOTE: all methods like bernoulli_ with the underscore suffix means they
+        # are inplace operations
+        keep_mask.div_(1 - self.drop_prob)
+
+        return x * keep_mask
+
+
+class ConvNextBlock(torch.nn.Module):
+    """
+    Refer : https://browse.arxiv.org/pdf/2201.03545v2.pdf for detailed architechture
+
+    """
+
+    def __init__(self, num_ch, expansion_factor, drop_prob=0.0):
+        # num_ch = number of channels at first and third layer of block
+        # There'll be an expansion in the second layer given by expansion_factor
+        super().__init__()
+
+        """
+        NOTE: To perform depthwise conv we use the param (groups=num_ch)
+        to create a separate filter for each input channel
+        """
+
+        self.main_block = torch.nn.Sequential(
+            # 1st conv layer (deptwise)
+            torch.nn.Conv2d(in_channels=num_ch, out_channels=num_ch, kernel_size=7, padding=3, groups=num_ch),
+            torch.nn.BatchNorm2d(num_ch),
+            # 2nd conv layer
+            torch.nn.Conv2d(
+                in_channels=num_ch, out_channels=num_ch * expansion_factor, kernel_size=1, stride=1
+            ),  # 1x1 pointwise convs implemented as Linear Layer
+            torch.nn.GELU(),
+            # 3rd conv layer
+            torch.nn.Conv2d(in_channels=num_ch * expansion_factor, out_channels=num_ch, kernel_size=1, stride=1),
+        )
+
+        for layer in self.main_block:
+            if isinstance(layer, torch.nn.Conv2d):
+                init.trunc_normal_(layer.weight, mean=TRUNCATED_NORMAL_MEAN, std=TRUNCATED_NORMAL_STD)
+                init.constant_(layer.bias, 0)
+
+        # define the drop_path layer
+        if drop_prob > 0.0:
+            self.drop_residual_path = DropPath(drop_prob)
+        else:
+            self.drop_residual_path = torch.nn.Identity()
+
+    def forward(self, x):
+        input = x.clone()
+        x = self.main_block(x)
+
+        # sum the main and shortcut connection
+        x = input + self.drop_residual_path(x)
+
+        return x
+
+
+class Network(torch.nn.Module):
+    """
+    ConvNext
+    """
+
+    def __init__(self, num_classes=7001, drop_rate=0.5, expand_factor=4):
+        super().__init__()
+
+        self.backbone_out_channels = 400
+        self.num_classes = num_classes
+
+        # number of channels at input/output of each res_blocks
+        self.channel_list = [50, 175, 250, 400]
+
+        # number of repeats for each res_block
+        self.block_repeat_list = [6, 5, 4, 4]
+
+        # define number of stages from above
+        self.num_stages = len(self.block_repeat_list)
+
+        self.drop_path_probabilities = [i.item() for i in torch.linspace(0, drop_rate, sum(self.channel_list))]
+
+        # # Define the Stem (the first layer which takes input images)
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels=3, out_channels=self.channel_list[0], kernel_size=4, stride=4),
+            torch.nn.BatchNorm2d(self.channel_list[0]),
+        )
+
+        # truncated normal initialization
+        for layer in self.stem:
+            if isinstance(layer, torch.nn.Conv2d):
+                init.trunc_normal_(layer.weight, mean=TRUNCATED_NORMAL_MEAN, std=TRUNCATED_NORMAL_STD)
+                init.constant_(layer.bias, 0)
+
+        # # Store the LayerNorm and Downsampling layer when switching btw 2 types of res_blocks
+        self.block_to_block_ln_and_downsample = [self.stem]
+        for i in range(self.num_stages - 1):
+            inter_downsample = torch.nn.Sequential(
+                torch.nn.BatchNorm2d(self.channel_list[i]),
+                torch.nn.Conv2d(
+                    in_channels=self.channel_list[i], out_channels=self.channel_list[i + 1], kernel_size=2, stride=2
+                ),
+            )
+            self.block_to_block_ln_and_downsample.append(inter_downsample)
+
+        # Store the Res_block stages (eg. 3xres_2, 3xres_3, ...)
+        self.res_block_stages = torch.nn.ModuleList()
+        for i in range(self.num_stages):
+            res_block_layer = []
+            for j in range(self.block_repeat_list[i]):
+                res_block_layer.append(
+                    ConvNextBlock(
+                        num_ch=self.channel_list[i],
+                        expansion_factor=expand_factor,
+                        drop_prob=self.drop_path_probabilities[i + j],
+                    )
+                )
+
+            # append the repeated res_blocks as one layer
+            self.res_block_stages.append(torch.nn.Sequential(*res_block_layer))
+
+        # truncated normal initialization
+        for res_block_stage in self.res_block_stages:
+            for layer in res_block_stage:
+                if isinstance(layer, torch.nn.Conv2d):
+                    init.trunc_normal_(layer.weight, mean=TRUNCATED_NORMAL_MEAN, std=TRUNCATED_NORMAL_STD)
+                    init.constant_(layer.bias, 0)
+
+        self.backbone = torch.nn.Sequential(
+            # essentially stem (replace with stem if it works)
+            self.block_to_block_ln_and_downsample[0],
+            # res_1 block
+            self.res_block_stages[0],
+            self.block_to_block_ln_and_downsample[1],
+            # res_2 block
+            self.res_block_stages[1],
+            self.block_to_block_ln_and_downsample[2],
+            # res_3 block
+            self.res_block_stages[2],
+            self.block_to_block_ln_and_downsample[3],
+            # res_4 block
+            self.res_block_stages[3],
+            torch.nn.AdaptiveAvgPool2d((1, 1)),
+            torch.nn.Flatten(),
+        )
+
+        self.cls_layer = torch.nn.Sequential(torch.nn.Linear(self.backbone_out_channels, self.num_classes))
+
+        # truncated normal initialization
+        for layer in self.cls_layer:
+            if isinstance(layer, torch.nn.Linear):
+                init.trunc_normal_(layer.weight, mean=TRUNCATED_NORMAL_MEAN, std=TRUNCATED_NORMAL_STD)
+                init.constant_(layer.bias, 0)
+
+    def forward(self, x, return_feats=False):
+        feats = self.backbone(x)
+        out = self.cls_layer(feats)
+
+        if return_feats:
+            return feats
+        else:
+            return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The harness.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Contender:
+    """One model under test with its own optimizer and memory format."""
+
+    def __init__(self, key: str, label: str, model: nn.Module, channels_last: bool) -> None:
+        self.key, self.label, self.channels_last = key, label, channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
+        self.parameters = count_parameters(model)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.prepare(x)), y, label_smoothing=0.1)
+        loss.backward()
+        self.optimizer.step()
+
+    def infer(self, x: torch.Tensor) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            self.model(self.prepare(x))
+
+
+def build_contenders() -> list[Contender]:
+    torch.manual_seed(0)
+
+    def ours() -> nn.Module:
+        return create_model("lean", NUM_CLASSES, drop_path_rate=DROP_PATH)
+
+    timm_model = timm.models.convnext.ConvNeXt(
+        dims=(50, 175, 250, 400),
+        depths=(6, 5, 4, 4),
+        norm_layer=nn.BatchNorm2d,
+        conv_mlp=True,
+        ls_init_value=None,
+        num_classes=NUM_CLASSES,
+        drop_path_rate=DROP_PATH,
+    )
+    return [
+        Contender("ours", "ours (channels-last)", ours(), channels_last=True),
+        Contender("ours_nchw", "ours (contiguous)", ours(), channels_last=False),
+        Contender("seed", "seed", Network(num_classes=NUM_CLASSES, drop_rate=DROP_PATH), channels_last=False),
+        Contender("timm", "timm ConvNeXt", timm_model, channels_last=False),
+    ]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(args: argparse.Namespace) -> str:
+    torch.set_num_threads(args.threads)
+    contenders = build_contenders()
+    # (label, mode, image size, batch)
+    tasks = [
+        ("train", args.small, args.train_batch),
+        ("infer", args.small, args.infer_batch),
+        ("train", args.large, args.train_batch_large),
+        ("infer", args.large, args.infer_batch),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        (size, batch): (torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, NUM_CLASSES, (batch,)))
+        for _, size, batch in tasks
+    }
+    times: dict[tuple[int, str], list[float]] = {}
+    start = time.perf_counter()
+    for rep in range(args.warmup + args.reps):
+        for t, (mode, size, batch) in enumerate(tasks):
+            x, y = inputs[size, batch]
+            for c in contenders:
+                step: Callable[[], None] = partial(c.train_step, x, y) if mode == "train" else partial(c.infer, x)
+                tic = time.perf_counter()
+                for _ in range(args.iters):
+                    step()
+                elapsed = (time.perf_counter() - tic) / args.iters
+                if rep >= args.warmup:
+                    times.setdefault((t, c.key), []).append(batch / elapsed)
+        phase = "warm-up" if rep < args.warmup else f"repetition {rep - args.warmup + 1}/{args.reps}"
+        print(f"{phase} done after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    total = time.perf_counter() - start
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    spread = {k: (min(v), max(v)) for k, v in times.items()}
+    lines = [
+        "# Throughput benchmark: lean ConvNeXt (7001 classes)",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
+        f"- CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}",
+        f"- {args.warmup} warm-up round(s) then {args.reps} repetitions, models interleaved round-robin in one "
+        f"process, {args.iters} step(s) per measurement; medians in images/s (min-max in the second table); "
+        f"total {total:.0f} s",
+        f"- training: forward + backward + AdamW step, cross-entropy, drop-path rate {DROP_PATH} for every model "
+        "(the seed as it wrote its schedule); inference: eval mode, no_grad",
+        "- parameters: " + ", ".join(f"{c.label} {c.parameters:,}" for c in contenders if c.key != "ours_nchw"),
+        "",
+        "| task | ours (channels-last) | ours (contiguous) | seed | timm | ours/seed | ours/timm "
+        "| channels-last/contiguous |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t, (mode, size, batch) in enumerate(tasks):
+        m = {c.key: med[t, c.key] for c in contenders}
+        lines.append(
+            f"| {mode} {size} px, batch {batch} | {m['ours']:.1f} | {m['ours_nchw']:.1f} | {m['seed']:.1f} | "
+            f"{m['timm']:.1f} | {m['ours'] / m['seed']:.2f}x | {m['ours'] / m['timm']:.2f}x | "
+            f"{m['ours'] / m['ours_nchw']:.2f}x |"
+        )
+    lines += ["", "Spread (min-max images/s over the repetitions):", ""]
+    lines += ["| task | " + " | ".join(c.label for c in contenders) + " |", "|---|" + "---:|" * len(contenders)]
+    for t, (mode, size, batch) in enumerate(tasks):
+        cells = " | ".join(f"{spread[t, c.key][0]:.1f}-{spread[t, c.key][1]:.1f}" for c in contenders)
+        lines.append(f"| {mode} {size} px, batch {batch} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="Markdown file to write (default: print only)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny images and batches, one repetition")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=1, help="steps per measurement")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--small", type=int, default=112)
+    parser.add_argument("--large", type=int, default=224)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--train-batch-large", type=int, default=16)
+    parser.add_argument("--infer-batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.warmup, args.iters = 1, 1, 1
+        args.small, args.large = 32, 64
+        args.train_batch = args.train_batch_large = args.infer_batch = 4
+    report = run(args)
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

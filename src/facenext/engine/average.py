@@ -1,0 +1,36 @@
+"""Average the weights of a run's best epochs (as timm's avg_checkpoints does) into ``averaged.pt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
+    """Mean of the top-k epoch weights kept in ``run/top/``; integer buffers come from the best epoch."""
+    run_dir = Path(run_dir)
+    paths = sorted((run_dir / "top").glob("epoch_*.pt")) if (run_dir / "top").is_dir() else []
+    states = [load_checkpoint(p) for p in paths]
+    states.sort(key=lambda s: -s["dev_acc"])
+    states = states[:top_k] if top_k else states
+    if not states:
+        raise UserError(f"{run_dir}/top holds no epoch checkpoints: train with train.keep_top_k > 0 first")
+    averaged = {}
+    for name, best in states[0]["model"].items():
+        if best.is_floating_point():
+            averaged[name] = torch.stack([s["model"][name].float() for s in states]).mean(0).to(best.dtype)
+        else:  # e.g. BatchNorm's num_batches_tracked
+            averaged[name] = best
+    epochs = [s["epoch"] for s in states]
+    save_checkpoint(
+        run_dir / "averaged.pt",
+        {"model": averaged, "epochs": epochs, "config": states[0]["config"], "classes": states[0]["classes"]},
+    )
+    summary = {"run": str(run_dir), "epochs": epochs, "dev_accs": [s["dev_acc"] for s in states]}
+    print(f"wrote {run_dir / 'averaged.pt'}: mean of epochs {', '.join(map(str, epochs))}")
+    return summary

@@ -1,0 +1,296 @@
+"""Download competitions and upload submissions through the real ``kaggle`` client, with one-line errors.
+
+The client is imported lazily: ``import kaggle`` authenticates at import time and calls ``exit(1)`` without
+credentials, so :func:`find_credentials` checks for them first and turns their absence into a :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import UserError
+
+KAGGLE_ROOT = Path("/kaggle")  # where a Kaggle notebook mounts its inputs (overridable for tests)
+COMPLETE = ".complete"  # written last: a competition folder without it is never trusted
+SETTINGS = "https://www.kaggle.com/settings"
+WHERE_CREDENTIALS = (
+    f"create a token at {SETTINGS} -> API -> Create New Token and save it as ~/.kaggle/kaggle.json (chmod 600), "
+    "or set KAGGLE_USERNAME and KAGGLE_KEY"
+)
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def in_kaggle_notebook() -> bool:
+    return os.environ.get("KAGGLE_KERNEL_RUN_TYPE") is not None
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+
+
+def _warn_if_readable(path: Path) -> None:
+    """Other users could read the key: say how to fix it (the client's own warning goes to stdout)."""
+    if os.name != "nt" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(f"facenext: warning: {path} is readable by other users: run `chmod 600 {path}`", file=sys.stderr)
+
+
+def _read_kaggle_json(path: Path) -> bool:
+    """True when ``path`` holds a username and a key; the values are never printed."""
+    _warn_if_readable(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not valid JSON: download it again ({WHERE_CREDENTIALS})") from None
+    return isinstance(data, dict) and bool(data.get("username")) and bool(data.get("key"))
+
+
+def find_credentials() -> str:
+    """Name where the client will find credentials (never their value), in the client's own order of preference."""
+    env = os.environ
+    if in_kaggle_notebook() and env.get("KAGGLE_API_V1_TOKEN") and Path(env["KAGGLE_API_V1_TOKEN"]).is_file():
+        return "KAGGLE_API_V1_TOKEN"
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if (Path.home() / ".kaggle" / "access_token").is_file():
+        return "~/.kaggle/access_token"
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    path = config_dir() / "kaggle.json"
+    if path.is_file():
+        if _read_kaggle_json(path):
+            return str(path)
+        raise UserError(f"{path} lacks a username or key: {WHERE_CREDENTIALS}")
+    raise UserError(f"no Kaggle credentials found: {WHERE_CREDENTIALS}")
+
+
+def authenticated_api() -> Any:
+    """A ``KaggleApi`` that has authenticated; credentials are checked before the client is imported."""
+    find_credentials()
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    # authenticate() prints help and calls exit(1) when it finds nothing usable (e.g. an expired token).
+    try:
+        with _quiet_client(), _mapped_errors("", "authenticate with"):
+            api.authenticate()
+    except SystemExit:
+        raise UserError(f"Kaggle did not accept the credentials: {WHERE_CREDENTIALS}") from None
+    return api
+
+
+@contextlib.contextmanager
+def _quiet_client() -> Iterator[None]:
+    """The client prints progress and its own errors on stdout; ours are the one-line messages."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _status(error: Exception) -> int | None:
+    """HTTP status of a client error; the API also reports errors as a JSON ``code`` in a 200 response."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    if response.status_code >= 400:
+        return response.status_code
+    with contextlib.suppress(Exception):
+        return int(response.json()["code"])
+    return None
+
+
+def _http_message(status: int | None, slug: str, action: str, error: Exception) -> str:
+    if status == 401:
+        return f"Kaggle refused the credentials (401): {WHERE_CREDENTIALS}"
+    if status == 403:
+        return (
+            f"Kaggle refused access to {slug} (403): accept the competition's rules at "
+            f"https://www.kaggle.com/competitions/{slug}/rules (signed in as the account of your credentials)"
+        )
+    if status == 404:
+        return f"competition {slug} not found on Kaggle (404): check the slug"
+    return f"Kaggle could not {action} {slug or 'Kaggle'} (HTTP {status}): {str(error)[:200]}; retry later"
+
+
+@contextlib.contextmanager
+def _mapped_errors(slug: str, action: str) -> Iterator[None]:
+    """Turn the client's exceptions (requests errors) into one-line UserErrors that say what to do."""
+    import requests
+
+    try:
+        yield
+    except requests.exceptions.HTTPError as e:
+        raise UserError(_http_message(_status(e), slug, action, e)) from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        raise UserError(
+            f"cannot reach Kaggle to {action} {slug or 'Kaggle'} ({type(e).__name__}): "
+            "check the internet connection (and any proxy), then retry"
+        ) from None
+
+
+def _check_slug(slug: str) -> None:
+    # The slug becomes a folder name: refuse anything that could point elsewhere.
+    if not SLUG.match(slug):
+        raise UserError(
+            f"{slug!r} is not a competition slug (letters, digits, - and _), e.g. 11785-hw2p2-face-recognition"
+        )
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
+    """Refuse entries that would land outside the destination (absolute, ``..``, drive letters) or are symlinks."""
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise UserError(f"refusing {archive.name}: entry {info.filename!r} points outside the folder; report it")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise UserError(f"refusing {archive.name}: entry {info.filename!r} is a symbolic link; report it")
+
+
+def safe_extract(archive: Path, dest: Path) -> int:
+    """Extract every entry under ``dest`` after checking all of them; returns the number of files."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                _check_member(info, archive)
+            dest.mkdir(parents=True)
+            for info in members:
+                zf.extract(info, dest)  # reading checks each entry's CRC: a damaged file raises here
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise UserError(f"{archive.name} is truncated or damaged ({e}): re-run with --force") from None
+    return sum(not m.is_dir() for m in members)
+
+
+def _fetch_zip(api: Any, slug: str, folder: Path) -> Path:
+    """Download the competition's zip into ``folder`` with the client and return its path."""
+    quiet = not sys.stderr.isatty()  # a progress bar helps a person, not a log file
+    with _mapped_errors(slug, "download"), contextlib.redirect_stdout(sys.stderr):
+        try:
+            api.competition_download_files(slug, path=str(folder), force=True, quiet=quiet)
+        except ValueError as e:  # the client's size check after an interrupted transfer
+            raise UserError(f"download of {slug} was interrupted ({e}): re-run with --force") from None
+    archives = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not archives:
+        raise UserError(f"Kaggle sent no file for {slug}: retry, or check the competition's Data page")
+    return archives[0]
+
+
+def download(slug: str, out_dir: str | Path = "data", force: bool = False, kaggle_root: Path = KAGGLE_ROOT) -> Path:
+    """Make ``out_dir/<slug>`` hold the competition's files (or use a notebook's mounted input); return the folder.
+
+    The zip is extracted into ``<slug>.partial`` and renamed, and the ``.complete`` marker is written last, so an
+    interrupted download never leaves a folder that looks complete; a completed one is not downloaded again.
+    """
+    _check_slug(slug)
+    mounted = Path(kaggle_root) / "input" / slug
+    if in_kaggle_notebook() and mounted.is_dir():
+        print(f"{slug}: using the notebook's input {mounted} (nothing downloaded)")
+        return mounted
+    out_dir = Path(out_dir)
+    target, partial = out_dir / slug, out_dir / f"{slug}.partial"
+    if (target / COMPLETE).is_file() and not force:
+        print(f"{slug}: already downloaded in {target} (skipped; --force downloads it again)")
+        return target
+    api = authenticated_api()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{slug}.download.", dir=out_dir) as tmp:
+            archive = _fetch_zip(api, slug, Path(tmp))
+            files = safe_extract(archive, partial)
+            size = archive.stat().st_size
+        _replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _write_marker(target, {"slug": slug, "files": files, "zip_bytes": size})
+    print(f"{slug}: {files} files ({size / 1e6:.1f} MB zip) extracted to {target}")
+    return target
+
+
+def _replace(partial: Path, target: Path) -> None:
+    if target.exists():
+        (target / COMPLETE).unlink(missing_ok=True)  # first stop it looking complete, then remove it
+        shutil.rmtree(target)
+    partial.rename(target)
+
+
+def _write_marker(target: Path, info: dict) -> None:
+    tmp = target / f"{COMPLETE}.tmp"
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, target / COMPLETE)
+
+
+def _read_submission(path: Path) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise UserError(f"{path} not found: write it first (`facenext predict`, `ensemble` or `verify`)")
+    try:
+        # Only empty cells are missing: labels such as "NA" or "n000000" are values.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"{path} is not a CSV file ({type(e).__name__}): write it with facenext") from None
+    header = list(frame.columns)
+    if header not in (["id", "label"], ["ID", "Label"]):
+        raise UserError(f"{path}: header must be id,label or ID,Label, found {','.join(map(str, header))}")
+    duplicated = frame[header[0]][frame[header[0]].duplicated()]
+    if len(duplicated):
+        raise UserError(f"{path}: {len(duplicated)} duplicate ids (first {duplicated.iloc[0]}): rewrite the file")
+    if frame.isna().any().any():
+        raise UserError(f"{path}: {int(frame.isna().any(axis=1).sum())} rows with missing values: rewrite the file")
+    return frame
+
+
+def _check_against_data(path: Path, frame: Any, competition: str, data_root: Path | None) -> bool:
+    """Check a classification submission against the test images in ``data_root``; True when it was checked."""
+    if data_root is None or list(frame.columns) != ["id", "label"]:
+        return False
+    from .data.layout import find_layout, list_classes
+
+    try:
+        layout = find_layout(data_root)
+    except UserError:
+        return False  # no local copy of the competition: the format checks above are all we can do
+    slugs = layout.term.slugs
+    digits = frame["label"].str.fullmatch(r"\d+").all()
+    # F23/S24 verification files also read id,label: the slug, or integer labels, says it is classification.
+    if layout.test is None or competition in slugs[1:] or (competition not in slugs and not digits):
+        return False
+    from .submission import check_classification_submission
+
+    check_classification_submission(path, layout, len(list_classes(layout.train)))
+    return True
+
+
+def submit(
+    file: str | Path, competition: str, message: str, data_root: str | Path | None = "data", dry_run: bool = False
+) -> dict:
+    """Check ``file`` and, unless ``dry_run``, upload it to ``competition``; returns a summary (also printed)."""
+    _check_slug(competition)
+    path = Path(file)
+    frame = _read_submission(path)
+    checked = _check_against_data(path, frame, competition, Path(data_root) if data_root else None)
+    summary: dict[str, Any] = {"file": str(path), "competition": competition, "rows": len(frame)}
+    summary["checked_against_data"] = checked
+    if dry_run:
+        print(f"{path}: {len(frame)} rows OK; dry run, nothing uploaded to {competition}")
+        return {**summary, "uploaded": False}
+    api = authenticated_api()
+    with _quiet_client(), _mapped_errors(competition, "submit to"):
+        response = api.competition_submit(str(path), message, competition, quiet=True)
+    if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+        raise UserError(f"uploading {path} to {competition} failed: check the connection and retry")
+    print(f"{path}: {len(frame)} rows submitted to {competition}: {response.message}")
+    return {**summary, "uploaded": True, "message": response.message, "ref": response.ref}

@@ -1,0 +1,154 @@
+"""The training engine, for real: kill and resume, stops, non-finite losses, EMA, mixup, averaging, DDP."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from facenext.cli import main
+from facenext.engine.checkpoint import load_checkpoint
+
+from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+
+CONFIG = str(ROOT / "configs" / "demo.yaml")
+# A LayerNorm model without stochastic parts: per-sample computations, so batches can be split exactly.
+LN_MODEL = ["model.name=tiny", "model.dims=[8,16,24,32]", "model.depths=[1,1,1,1]", "model.drop_path_rate=0.0"]
+
+
+def train_args(sample, run, *extra):
+    return ["train", CONFIG, "--out", str(run), f"data.root={sample}", *TINY_MODEL, *TINY_TRAIN, *extra]
+
+
+def weights(path):
+    state = load_checkpoint(path)
+    return state["model"], state.get("ema")
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+def start(args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "facenext", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+
+
+def wait_for(condition, process, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.05)
+
+
+def test_killed_and_stopped_runs_resume_to_the_same_weights(sample, tmp_path):
+    # Drop path, mixup and EMA draw on torch's and numpy's generators; a recovery file is written at every step.
+    extra = [
+        "train.epochs=3", "train.deterministic=true", "train.recovery_minutes=0.00001", "train.ema=true",
+        "train.ema_decay=0.9", "train.mixup=0.2", "model.drop_path_rate=0.2",
+    ]  # fmt: skip
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    assert subprocess.run([sys.executable, "-m", "facenext", *train_args(sample, reference, *extra)]).returncode == 0
+
+    args = train_args(sample, interrupted, *extra)
+    first = start(args)
+    wait_for(lambda: (interrupted / "recovery.pt").exists(), first)
+    first.send_signal(signal.SIGKILL)  # in the middle of epoch 1
+    first.wait()
+    assert not (interrupted / "last.pt").exists()
+
+    second = start(args)
+    wait_for(lambda: (interrupted / "last.pt").exists() and (interrupted / "recovery.pt").exists(), second)
+    second.send_signal(signal.SIGTERM)  # a clean stop, inside epoch 2
+    output, _ = second.communicate(timeout=120)
+    assert second.returncode == 0 and "stopped (SIGTERM)" in output and "resuming" in output
+
+    third = start(args)
+    output, _ = third.communicate(timeout=300)
+    assert third.returncode == 0, output
+    model, ema = weights(interrupted / "last.pt")
+    ref_model, ref_ema = weights(reference / "last.pt")
+    assert_same_tensors(model, ref_model)
+    assert_same_tensors(ema, ref_ema)
+    metrics = pd.read_csv(interrupted / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    assert metrics["ema_dev_acc"].notna().all()
+    assert not (interrupted / "recovery.pt").exists()
+
+
+def test_time_limit_stops_with_a_checkpoint(sample, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(sample, run, "train.epochs=2", "train.time_limit_h=0.0000001")) == 0
+    assert "stopped (time limit)" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "time limit" and not summary["complete"]
+    assert load_checkpoint(run / "recovery.pt")["step"] == 1
+
+
+def test_non_finite_losses_stop_the_run_and_nothing_is_saved_as_best(sample, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(train_args(sample, run, "train.lr=1e30", "train.warmup_epochs=0", "train.max_bad_steps=3"))
+    assert code == 2
+    assert "3 non-finite losses in a row" in capsys.readouterr().err
+    assert not (run / "best.pt").exists()
+
+
+def test_top_k_checkpoints_average_into_a_usable_model(sample, tmp_path):
+    run = tmp_path / "run"
+    assert main(train_args(sample, run, "train.epochs=4", "train.keep_top_k=2", "train.ema=true")) == 0
+    kept = sorted((run / "top").glob("epoch_*.pt"))
+    assert len(kept) == 2
+    assert main(["average", str(run)]) == 0
+    averaged = load_checkpoint(run / "averaged.pt")["model"]
+    parts = [load_checkpoint(p)["model"] for p in kept]
+    name = "head.fc.weight"
+    assert torch.allclose(averaged[name], (parts[0][name] + parts[1][name]) / 2)
+    for which in ("averaged", "ema"):
+        out = tmp_path / which
+        assert main(["predict", str(run), "--weights", which, "--split", "dev", "--out", str(out)]) == 0
+        assert json.loads((out / "predict_dev.json").read_text())["dev_acc"] > 0.125
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gradient_accumulation_equals_the_larger_batch(sample, tmp_path):
+    common = [*LN_MODEL, "train.epochs=1", "train.deterministic=true", "train.keep_top_k=0"]
+    assert main(train_args(sample, tmp_path / "big", *common, "train.batch_size=16")) == 0
+    assert main(train_args(sample, tmp_path / "accum", *common, "train.batch_size=8", "train.accum_steps=2")) == 0
+    big, accum = weights(tmp_path / "big" / "last.pt")[0], weights(tmp_path / "accum" / "last.pt")[0]
+    assert all(torch.allclose(big[k], accum[k], atol=1e-5) for k in big)
+    assert (
+        load_checkpoint(tmp_path / "accum" / "last.pt")["step"] == load_checkpoint(tmp_path / "big" / "last.pt")["step"]
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, tmp_path):
+    common = [*LN_MODEL, "train.epochs=2", "train.batch_size=16", "train.keep_top_k=0", "train.plot=false"]
+    assert main(train_args(sample, tmp_path / "single", *common)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    result = subprocess.run(
+        [*launch, "-m", "facenext", *train_args(sample, tmp_path / "ddp", *common)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    single = pd.read_csv(tmp_path / "single" / "metrics.csv")
+    ddp = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
+    assert ddp["train_loss"].tolist() == pytest.approx(single["train_loss"].tolist(), rel=1e-4)
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["processes"] == 2
