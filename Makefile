@@ -8,13 +8,15 @@ FACENEXT := $(BIN)/facenext
 
 CONFIG ?= configs/f23_lean_convnext.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
-RUNS ?= $(RUN)
+# RUNS: the LATEST (default 1) most recently modified run folders that hold a best.pt; RUNS="runs/a runs/b" to choose.
+LATEST ?= 1
+RUNS ?= $(or $(shell ls -td runs/*/best.pt 2>/dev/null | head -n $(LATEST) | xargs -r -n1 dirname),$(RUN))
 COMP ?= 11-785-f23-hw2p2-classification
 DATA ?= data
 FILE ?= submissions/submission.csv
 MSG ?= FaceNext $(notdir $(RUNS))
 
-.PHONY: setup demo test lint download train predict ensemble verify submit clean-demo bench
+.PHONY: setup demo test lint download train predict ensemble check-submission verify submit clean-demo bench
 
 setup: $(VENV)/.installed
 
@@ -40,11 +42,16 @@ download: setup
 train: setup
 	$(FACENEXT) train $(CONFIG) --out $(RUN)
 
+# dev logits (accuracy per TTA view, and what `ensemble WEIGHTS=fit` fits on), then test logits and a submission.
 predict: setup
-	for run in $(RUNS); do $(FACENEXT) predict $$run || exit $$?; done
+	for run in $(RUNS); do $(FACENEXT) predict $$run --split dev $(PREDICT_ARGS) && \
+		$(FACENEXT) predict $$run $(PREDICT_ARGS) || exit $$?; done
 
 ensemble: setup
-	$(FACENEXT) ensemble $(RUNS) --out $(FILE)
+	$(FACENEXT) ensemble $(RUNS) --out $(FILE) --weights $(or $(WEIGHTS),equal)
+
+check-submission: setup
+	$(FACENEXT) check-submission $(FILE) --data $(DATA)
 
 verify: setup
 	$(FACENEXT) verify $(RUN)
@@ -57,3 +64,8 @@ clean-demo:
 
 bench: setup
 	$(BIN)/python scripts/bench.py --out benchmarks/results.md
+
+# A Kaggle notebook that trains CONFIG on Kaggle's GPU: `make kernel CONFIG=... [PUSH=1]` (kernels/facenext-<name>/).
+.PHONY: kernel
+kernel: setup
+	$(FACENEXT) kernel $(CONFIG) $(if $(PUSH),--push)

@@ -11,6 +11,7 @@ so the machine's drifting load hits them alike; the table reports medians.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import platform
 import statistics
@@ -29,7 +30,7 @@ from torch.nn import init
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from facenext.models.factory import count_parameters, create_model
+from facenext.models import count_parameters, create_model, fuse_batchnorm
 
 NUM_CLASSES = 7001
 DROP_PATH = 0.5
@@ -236,9 +237,15 @@ class Network(torch.nn.Module):
 class Contender:
     """One model under test with its own optimizer and memory format."""
 
-    def __init__(self, key: str, label: str, model: nn.Module, channels_last: bool) -> None:
+    def __init__(self, key: str, label: str, model: nn.Module, channels_last: bool, fuse: bool = False) -> None:
         self.key, self.label, self.channels_last = key, label, channels_last
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        # Our inference path (facenext.inference.load_run) folds BatchNorm into the convolutions; timing needs no
+        # trained weights, so a copy folded once stands for it.
+        self.infer_model = self.model
+        if fuse:
+            self.infer_model = copy.deepcopy(self.model).eval()
+            fuse_batchnorm(self.infer_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
         self.parameters = count_parameters(model)
 
@@ -253,9 +260,9 @@ class Contender:
         self.optimizer.step()
 
     def infer(self, x: torch.Tensor) -> None:
-        self.model.eval()
+        self.infer_model.eval()
         with torch.no_grad():
-            self.model(self.prepare(x))
+            self.infer_model(self.prepare(x))
 
 
 def build_contenders() -> list[Contender]:
@@ -274,8 +281,8 @@ def build_contenders() -> list[Contender]:
         drop_path_rate=DROP_PATH,
     )
     return [
-        Contender("ours", "ours (channels-last)", ours(), channels_last=True),
-        Contender("ours_nchw", "ours (contiguous)", ours(), channels_last=False),
+        Contender("ours", "ours (channels-last)", ours(), channels_last=True, fuse=True),
+        Contender("ours_nchw", "ours (contiguous)", ours(), channels_last=False, fuse=True),
         Contender("seed", "seed", Network(num_classes=NUM_CLASSES, drop_rate=DROP_PATH), channels_last=False),
         Contender("timm", "timm ConvNeXt", timm_model, channels_last=False),
     ]
@@ -335,7 +342,8 @@ def run(args: argparse.Namespace) -> str:
         f"process, {args.iters} step(s) per measurement; medians in images/s (min-max in the second table); "
         f"total {total:.0f} s",
         f"- training: forward + backward + AdamW step, cross-entropy, drop-path rate {DROP_PATH} for every model "
-        "(the seed as it wrote its schedule); inference: eval mode, no_grad",
+        "(the seed as it wrote its schedule); inference: eval mode, no_grad; "
+        "our model with BatchNorm folded into its convolutions, as `facenext predict` runs it",
         "- parameters: " + ", ".join(f"{c.label} {c.parameters:,}" for c in contenders if c.key != "ours_nchw"),
         "",
         "| task | ours (channels-last) | ours (contiguous) | seed | timm | ours/seed | ours/timm "
@@ -357,6 +365,155 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Verification scoring (--section verify): pair scores and identity matching on random embeddings.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_verify(args: argparse.Namespace) -> str:
+    """Time facenext.verify's scoring once embeddings exist: 1 M pairs over 10 k images, and 720 x 960 matching."""
+    import tracemalloc
+
+    from facenext.verify import PAIR_CHUNK, pair_metrics, score_pairs, threshold_curve
+
+    torch.set_num_threads(args.threads)
+    images, pairs, dim = (1000, 20_000, 512) if args.quick else (10_000, 1_000_000, 512)
+    unknown, known = 720, 960
+    rng = np.random.default_rng(0)
+
+    def normalised(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
+        times, result = [], None
+        for _ in range(reps):
+            tic = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - tic)
+        return statistics.median(times), result
+
+    feats = normalised(images)
+    first, second = rng.integers(0, images, pairs), rng.integers(0, images, pairs)
+    labels = rng.integers(0, 2, pairs)
+    reps = 1 if args.quick else 3
+    loop_n = min(pairs, 50_000)
+    loop_pairs = list(zip(first[:loop_n], second[:loop_n], strict=True))
+    t_pairs_all, t_loop_all, scores = [], [], None
+    for _ in range(reps):  # interleaved, so the machine's varying load hits both alike
+        t, scores = timed(lambda: score_pairs(feats, first, second), 1)
+        t_pairs_all.append(t)
+        t_loop_all.append(timed(lambda: [float(feats[a] @ feats[b]) for a, b in loop_pairs], 1)[0])
+    t_pairs, t_loop = statistics.median(t_pairs_all), statistics.median(t_loop_all)
+    tracemalloc.start()
+    score_pairs(feats, first, second)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    t_metrics, _ = timed(lambda: pair_metrics(np.asarray(scores), labels), 1)
+
+    gallery, probes = normalised(known), normalised(unknown)
+    names = np.array([f"n{i:06d}" for i in range(known)])
+    truth = names[rng.integers(0, known, unknown)]
+
+    def identity() -> object:
+        similarity = probes @ gallery.T
+        best = similarity.argmax(1)
+        return threshold_curve(similarity[np.arange(unknown), best], names[best], truth, "n000000")
+
+    t_identity, _ = timed(identity, 5)
+    lines = [
+        "# Verification scoring benchmark",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- numpy {np.__version__}, Python {platform.python_version()}, CPU: {cpu_model()}",
+        f"- random L2-normalised float32 embeddings, {dim}-d; embeddings already computed (cached), so this is "
+        f"scoring only; medians of {reps} run(s) where stated",
+        "",
+        "| task | time | note |",
+        "|---|---:|---|",
+        f"| score {pairs:,} pairs over {images:,} images (`score_pairs`, chunks of {PAIR_CHUNK:,}) | "
+        f"{t_pairs:.3f} s | {pairs / t_pairs / 1e6:.1f} M pairs/s; peak extra memory {peak / 2**20:.1f} MiB "
+        f"(embeddings {feats.nbytes / 2**20:.1f} MiB, scores {pairs * 4 / 2**20:.1f} MiB) |",
+        f"| same, Python loop over pairs (first {loop_n:,}, extrapolated) | {t_loop * pairs / loop_n:.1f} s | "
+        f"{t_loop * pairs / loop_n / t_pairs:.0f}x slower |",
+        f"| dev metrics on {pairs:,} scores (EER, AUC, TAR@FAR, best and 10-fold accuracy) | {t_metrics:.2f} s | "
+        "one run |",
+        f"| identity matching {unknown} unknown x {known} known + threshold curve | {t_identity * 1000:.1f} ms | "
+        "median of 5 |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inference with test-time augmentation (--section inference): facenext.inference.run_model on real JPEG files.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_inference(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from PIL import Image
+
+    from facenext.config import load_config
+    from facenext.inference import LoadedRun, parse_tta, run_model
+
+    torch.set_num_threads(args.threads)
+    size, count = (32, 16) if args.quick else (args.small, args.images)
+    if args.quick:
+        args.reps, args.warmup = 1, 0
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "f23_lean_convnext.yaml", [f"data.image_size={size}", "data.num_workers=0"])
+    torch.manual_seed(0)
+    model = create_model("lean", NUM_CLASSES).eval()
+    fuse_batchnorm(model)
+    model = model.to(memory_format=torch.channels_last)
+    run = LoadedRun("bench", root, config, [str(i) for i in range(NUM_CLASSES)], model, torch.device("cpu"), None)
+    specs = ["none", "flip", "five@0.9", "ten@0.9"]
+    times: dict[str, list[float]] = {s: [] for s in specs}
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        paths = []
+        for i in range(count):
+            paths.append(Path(tmp) / f"{i:06d}.jpg")
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(paths[-1], quality=90)
+        start = time.perf_counter()
+        for rep in range(args.warmup + args.reps):
+            for spec in specs:  # round-robin: drifting load hits every spec alike
+                tic = time.perf_counter()
+                run_model(run, paths, spec, args.infer_batch, return_feats=False)
+                if rep >= args.warmup:
+                    times[spec].append(time.perf_counter() - tic)
+            print(f"inference round {rep + 1} done after {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    single = statistics.median(times["none"])
+    lines = [
+        "# Inference benchmark: lean ConvNeXt (7001 classes) through `facenext.inference.run_model`",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}",
+        f"- CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}",
+        f"- {count} JPEG files of {size} px decoded from disk, batch {args.infer_batch}, BatchNorm folded, "
+        f"channels-last, no AMP (CPU); {args.warmup} warm-up round(s), then {args.reps} repetitions with the specs "
+        "interleaved; medians. Views are made on the batch tensor (slice, interpolate, flip): decoding is shared.",
+        "- cost ratio = time for k views / (k x time for 1 view); the budget is 1.10",
+        "",
+        "| TTA | views | images/s | view-images/s | cost ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for spec in specs:
+        k = len(parse_tta(spec))
+        t = statistics.median(times[spec])
+        lines.append(f"| {spec} | {k} | {count / t:.1f} | {count * k / t:.1f} | {t / (k * single):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_data(args: argparse.Namespace) -> str:
+    """The data-pipeline section (decoding + augmentation per worker), kept in its own script."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_data import run_data
+
+    return run_data(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Markdown file to write (default: print only)")
@@ -370,7 +527,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-batch-large", type=int, default=16)
     parser.add_argument("--infer-batch", type=int, default=64)
+    parser.add_argument(
+        "--section",
+        choices=("throughput", "verify", "inference", "data"),
+        default="throughput",
+        help="throughput (default), verify, inference (TTA views through run_model) or data (scripts/bench_data.py)",
+    )
+    parser.add_argument("--images", type=int, default=256, help="images per measurement (--section inference)")
     args = parser.parse_args(argv)
+    if args.section in ("verify", "inference", "data"):
+        report = {"verify": run_verify, "inference": run_inference, "data": _run_data}[args.section](args)
+        print(report)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(report)
+        return 0
     if args.quick:
         args.reps, args.warmup, args.iters = 1, 1, 1
         args.small, args.large = 32, 64

@@ -19,17 +19,37 @@ class FakeKaggle:
         self.requests: list[tuple[str, str, bytes]] = []  # (HTTP method, path, body)
         self.zip_bytes = b""
         self.fail: dict[str, int] = {}  # API method name -> HTTP status to answer instead
+        self._state()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def _state(self) -> None:
+        self.pending_polls = 0  # ListSubmissions answers PENDING this many times, then COMPLETE
+        self.score = "0.91234"
+        self.submission_error = ""  # when set, the submission ends in ERROR with this description
+        self.datasets: set[str] = set()  # owner/slug of the datasets that exist (GetDatasetStatus answers READY)
+        self.kernel_status = "COMPLETE"
+        self.outputs: dict[str, bytes] = {}  # kernel output files: name -> content
+
     def reset(self) -> None:
         self.requests.clear()
         self.zip_bytes, self.fail = b"", {}
+        self._state()
 
     def calls(self, name: str) -> list[bytes]:
         """Bodies of the requests whose path ends with ``name``."""
         return [body for _, path, body in self.requests if path.endswith(name)]
+
+    def listed_submissions(self) -> list[dict]:
+        """The one submission (ref 42): PENDING for ``pending_polls`` listings, then COMPLETE (or ERROR)."""
+        polls = sum(path.endswith("ListSubmissions") for _, path, _ in self.requests)
+        row = {"ref": 42, "fileName": "submission.csv", "date": "2026-01-02T03:04:05Z", "description": "lean convnext"}
+        if polls <= self.pending_polls:
+            return [{**row, "status": "PENDING"}]
+        if self.submission_error:
+            return [{**row, "status": "ERROR", "errorDescription": self.submission_error}]
+        return [{**row, "status": "COMPLETE", "publicScore": self.score, "privateScore": ""}]
 
     def env(self, tmp: Path, port: int | None = None) -> dict[str, str]:
         """Environment for a client process: this server as proxy, throwaway credentials, a temporary home."""
@@ -43,6 +63,7 @@ class FakeKaggle:
             "KAGGLE_KEY": "not-a-real-key",
             "KAGGLE_API_ENVIRONMENT": "LOCALHOST",
             "HTTP_PROXY": f"http://127.0.0.1:{port or self.port}",
+            "TMPDIR": str(tmp),  # the client keeps resumable-upload state in the temporary folder
         }
 
     def close(self) -> None:
@@ -95,6 +116,34 @@ def _handler(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {})
             elif name == "CreateSubmission":
                 self._json(200, {"message": "Successfully submitted", "ref": 42})
+            elif name == "ListSubmissions":
+                self._json(200, {"submissions": fake.listed_submissions()})
+            elif name == "StartBlobUpload":
+                token = f"blob-{json.loads(body)['name']}"
+                self._json(200, {"token": token, "createUrl": f"http://localhost/upload/{token}"})
+            elif name == "GetDatasetStatus":
+                ref = "{ownerSlug}/{datasetSlug}".format(**json.loads(body))
+                if ref in fake.datasets:
+                    self._json(200, {"status": "READY"})
+                else:
+                    self._json(404, {"code": 404, "message": f"fake: no dataset {ref}"})
+            elif name in ("CreateDataset", "CreateDatasetVersion"):
+                data = json.loads(body)
+                ref = f"{data['ownerSlug']}/{data.get('slug') or data.get('datasetSlug')}"
+                fake.datasets.add(ref)
+                self._json(200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"})
+            elif name == "SaveKernel":
+                slug = json.loads(body)["slug"]
+                self._json(
+                    200, {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": 1}
+                )
+            elif name == "GetKernelSessionStatus":
+                self._json(200, {"status": fake.kernel_status})
+            elif name == "ListKernelSessionOutput":
+                files = [{"fileName": n, "url": f"http://localhost/output/{n}"} for n in fake.outputs]
+                self._json(200, {"files": files, "log": "[]"})
+            elif path.startswith("/output/"):
+                self._send(200, fake.outputs[path.rsplit("/", 1)[-1]], "application/octet-stream")
             else:
                 self._json(404, {"code": 404, "message": f"fake: no {name}"})
 

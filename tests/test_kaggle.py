@@ -219,7 +219,7 @@ def test_submit_checks_against_the_test_images(fake, competition, tmp_path):
     csv = submission_file(competition, tmp_path / "submission.csv")
     csv.write_text("\n".join(csv.read_text().splitlines()[:-1]) + "\n")  # one test image missing
     result = run(fake.env(tmp_path), "submit", csv, "--competition", SLUG, "--message", "m", "--data", competition)
-    assert_user_error(result, "ids differ")
+    assert_user_error(result, "missing id", "000002.jpg")
     assert fake.requests == []
 
 
@@ -236,3 +236,83 @@ def test_submit_403(fake, competition, tmp_path):
     csv = submission_file(competition, tmp_path / "submission.csv")
     result = run(fake.env(tmp_path), "submit", csv, "--competition", SLUG, "--message", "m", "--data", competition)
     assert_user_error(result, "403", f"https://www.kaggle.com/competitions/{SLUG}/rules")
+
+
+def submit(fake, competition, tmp_path, *extra, message=("--message", "m")):
+    csv = submission_file(competition, tmp_path / "submission.csv")
+    args = ["submit", csv, "--competition", SLUG, *message, "--data", competition, "--poll-interval", "0.05", *extra]
+    return run(fake.env(tmp_path), *args)
+
+
+def test_submit_follows_the_submission_until_scored(fake, competition, tmp_path):
+    fake.pending_polls = 2
+    result = submit(fake, competition, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "public score 0.91234" in result.stdout
+    listings = fake.calls("ListSubmissions")
+    assert len(listings) == 3  # pending, pending, complete
+    assert json.loads(listings[0])["competitionName"] == SLUG
+
+
+def test_submit_still_pending_after_wait(fake, competition, tmp_path):
+    fake.pending_polls = 10_000
+    result = submit(fake, competition, tmp_path, "--wait", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "still pending" in result.stdout and f"facenext submissions {SLUG}" in result.stdout
+    assert 1 <= len(fake.calls("ListSubmissions")) <= 8
+
+
+def test_submit_wait_0_does_not_poll(fake, competition, tmp_path):
+    result = submit(fake, competition, tmp_path, "--wait", "0")
+    assert result.returncode == 0, result.stderr
+    assert fake.calls("ListSubmissions") == [] and f"facenext submissions {SLUG}" in result.stdout
+
+
+def test_submit_scoring_error(fake, competition, tmp_path):
+    fake.submission_error = "Evaluation Exception: wrong number of rows"
+    assert_user_error(submit(fake, competition, tmp_path), "could not score", "wrong number of rows")
+
+
+def test_submit_401(fake, competition, tmp_path):
+    fake.fail["StartSubmissionUpload"] = 401
+    assert_user_error(submit(fake, competition, tmp_path), "401", "kaggle.json")
+    assert fake.calls("CreateSubmission") == []
+
+
+def test_submit_server_error_500(fake, competition, tmp_path):
+    fake.fail["CreateSubmission"] = 500
+    assert_user_error(submit(fake, competition, tmp_path), "500", "retry")
+
+
+def test_submit_default_message_names_runs_and_dev_scores(fake, competition, tmp_path):
+    for name, acc in (("a", 0.875), ("b", 0.9)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps({"best_dev_acc": acc}))
+    runs = [str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")]
+    (tmp_path / "submission.json").write_text(json.dumps({"runs": runs}))  # the ensemble's summary
+    result = submit(fake, competition, tmp_path, "--wait", "0", message=())
+    assert result.returncode == 0, result.stderr
+    create = json.loads(fake.calls("CreateSubmission")[0])
+    assert create["submissionDescription"] == "FaceNext: a (dev 0.8750), b (dev 0.9000)"
+
+
+def test_default_message_without_summaries(tmp_path):
+    from facenext.kaggle import default_message
+
+    assert default_message(tmp_path / "x" / "submission.csv", tmp_path / "runs") == "FaceNext submission.csv"
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "summary.json").write_text(json.dumps({"best_dev_acc": 0.5}))
+    assert default_message(tmp_path / "x" / "submission.csv", tmp_path / "runs") == "FaceNext: x (dev 0.5000)"
+
+
+def test_submissions_lists_a_table(fake, tmp_path):
+    result = run(fake.env(tmp_path), "submissions", SLUG)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.split()[:4] == ["date", "status", "public", "private"]
+    assert row.split()[:5] == ["2026-01-02", "03:04", "complete", "0.91234", "-"] and row.endswith("lean convnext")
+
+
+def test_submissions_403(fake, tmp_path):
+    fake.fail["ListSubmissions"] = 403
+    assert_user_error(run(fake.env(tmp_path), "submissions", SLUG), "403", "rules")

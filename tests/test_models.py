@@ -2,7 +2,7 @@ import pytest
 import timm
 import torch
 
-from facenext.models import ConvNeXt, count_parameters, create_model, load_timm_state_dict
+from facenext.models import ConvNeXt, count_parameters, create_model, fuse_batchnorm, load_timm_state_dict
 
 
 def test_lean_matches_the_seed_parameter_count():
@@ -70,3 +70,23 @@ def test_timm_backbones_get_the_same_interface():
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="lean"):
         create_model("resnet", num_classes=3)
+
+
+def test_folding_batchnorm_keeps_the_function():
+    torch.manual_seed(0)
+    model = create_model("lean", num_classes=50)
+    for module in model.modules():  # non-trivial statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        expected, feats = model(x), model(x, return_feats=True)
+        assert fuse_batchnorm(model) == 1 + 3 + 19
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(model(x), expected, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(model(x, return_feats=True), feats, atol=1e-4, rtol=1e-4)
+    assert fuse_batchnorm(create_model("tiny", num_classes=5).eval()) == 0

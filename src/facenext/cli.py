@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,22 @@ def _sample_data(args: argparse.Namespace) -> None:
         args.out, args.term, args.source, args.identities, args.images_per_identity, args.size, args.seed
     )
     print(", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    from .data.check import check_command
+
+    check_command(args.data, args.term)
+
+
+def _preview(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .config import load_config
+    from .data.preview import write_preview
+
+    config = load_config(args.config, args.overrides)
+    write_preview(config, args.out or Path("runs") / Path(args.config).stem / "preview.png", args.n)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -42,19 +59,29 @@ def _info(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
-    predict(args.run, args.split, args.tta, args.out, args.weights, args.data)
+    predict(args.run, args.split, args.tta, args.out, args.weights, args.data, args.merge, args.fill)
 
 
 def _ensemble(args: argparse.Namespace) -> None:
     from .ensemble import ensemble
 
-    ensemble(args.runs, args.out, args.predictions)
+    ensemble(args.runs, args.out, args.predictions, args.weights, args.folds, args.data)
+
+
+def _check_submission(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .data.layout import find_layout
+    from .submission import check_submission
+
+    check_submission(Path(args.file), find_layout(args.data, args.term), args.kind, args.num_classes)
+    print(f"{args.file}: ok")
 
 
 def _verify(args: argparse.Namespace) -> None:
     from .verify import verify
 
-    verify(args.run, args.out, args.tta, args.weights, args.data)
+    verify(args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache)
 
 
 def _average(args: argparse.Namespace) -> None:
@@ -78,7 +105,33 @@ def _download(args: argparse.Namespace) -> None:
 def _submit(args: argparse.Namespace) -> None:
     from .kaggle import submit
 
-    submit(args.file, args.competition, args.message, args.data, args.dry_run)
+    submit(args.file, args.competition, args.message, args.data, args.dry_run, args.wait, args.poll_interval)
+
+
+def _submissions(args: argparse.Namespace) -> None:
+    from .kaggle import print_submissions
+
+    print_submissions(args.slug)
+
+
+def _kernel(args: argparse.Namespace) -> None:
+    from .kernel import build_bundle, push
+
+    bundle = build_bundle(args.config, args.out, args.competition, args.user, args.overrides)
+    if args.push:
+        push(bundle)
+
+
+def _kernel_status(args: argparse.Namespace) -> None:
+    from .kernel import kernel_status
+
+    kernel_status(args.kernel)
+
+
+def _kernel_output(args: argparse.Namespace) -> None:
+    from .kernel import kernel_output
+
+    kernel_output(args.kernel, args.path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="write a complete sample competition")
     p.add_argument("out", help="folder to write (replaced if it exists)")
     p.add_argument("--from", dest="source", help="build from a folder-per-identity dataset instead of synthetic faces")
-    p.add_argument("--term", default="f23", help="competition layout: f23 (default), s23, s24 or f24")
+    p.add_argument("--term", default="f23", help="competition layout: f23 (default), s22, f22, s23, s24, f24 or s25")
     p.add_argument("--identities", type=int, default=30, help="classification identities (synthetic data)")
     p.add_argument("--images-per-identity", type=int, default=30, help="images per identity (synthetic data)")
     p.add_argument(
@@ -96,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_sample_data)
+
+    p = sub.add_parser("check-data", help="what a competition folder holds, and anything broken in it")
+    p.add_argument("data", help="data folder (a data root or the competition folder)")
+    p.add_argument("--term", default="auto", help="competition term (default: found from the layout)")
+    p.set_defaults(func=_check_data)
+
+    p = sub.add_parser("preview", help="a PNG grid of augmented training images beside their originals")
+    p.add_argument("config", help="YAML config, e.g. configs/f23_lean_convnext.yaml")
+    p.add_argument("--out", help="PNG file (default runs/<config name>/preview.png)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. data.augment=light")
+    p.set_defaults(func=_preview)
 
     p = sub.add_parser("train", help="train (or resume) a run")
     p.add_argument("config", help="YAML config, e.g. configs/f23_lean_convnext.yaml")
@@ -111,17 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify dev or test images with a run")
     p.add_argument("run", help="run folder")
     p.add_argument("--split", choices=("dev", "test"), default="test")
-    p.add_argument("--tta", help="none or flip (default: the run's predict.tta)")
+    p.add_argument(
+        "--tta",
+        help="none, flip, five@S / ten@S (crops of S x the image), scales@S1,S2,... or a combination with +, "
+        "e.g. flip+five@0.9 (default: the run's predict.tta)",
+    )
+    p.add_argument("--merge", choices=("prob", "logit", "geo"), default="prob", help="how views merge (default prob)")
     p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
+    p.add_argument("--fill", action="store_true", help="unreadable test images get the most common prediction")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("ensemble", help="combine the test logits of runs into one submission")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", default="submissions/submission.csv")
     p.add_argument("--predictions", default="submissions", help="folder holding each run's predictions")
+    p.add_argument(
+        "--weights", choices=("equal", "fit"), default="equal", help="fit: non-negative weights fitted on dev logits"
+    )
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds that test fitted weights on dev")
+    p.add_argument("--data", help="data root (default: the first run's data.root)")
     p.set_defaults(func=_ensemble)
+
+    p = sub.add_parser("check-submission", help="check a submission file against the competition's data")
+    p.add_argument("file", help="submission CSV")
+    p.add_argument("--data", default="data", help="data root holding the competition (default data)")
+    p.add_argument("--term", default="auto", help="competition term (default: found from the layout)")
+    p.add_argument("--kind", choices=("classification", "verification"), help="default: guessed from the file")
+    p.add_argument("--num-classes", type=int, help="default: the number of train identity folders")
+    p.set_defaults(func=_check_submission)
 
     p = sub.add_parser("verify", help="verification: dev metrics and the test submission")
     p.add_argument("run", help="run folder")
@@ -129,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
+    p.add_argument("--no-cache", action="store_true", help="embed every image again (ignore OUT/embeddings_*.npz)")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("average", help="average a run's top-k epoch weights into averaged.pt")
@@ -153,10 +238,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="check a submission file, then upload it to Kaggle")
     p.add_argument("file", help="submission CSV")
     p.add_argument("--competition", required=True, help="competition slug")
-    p.add_argument("--message", required=True, help="submission description")
+    p.add_argument("--message", help="submission description (default: the runs behind the file, dev scores)")
     p.add_argument("--data", default="data", help="data root used to check the file (default data)")
     p.add_argument("--dry-run", action="store_true", help="check the file only; upload nothing")
+    p.add_argument("--wait", type=float, default=600, help="seconds to wait for the score (default 600; 0: none)")
+    p.add_argument("--poll-interval", type=float, default=10, help="seconds between score checks (default 10)")
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("submissions", help="list a competition's past submissions with their scores")
+    p.add_argument("slug", help="competition slug")
+    p.set_defaults(func=_submissions)
+
+    p = sub.add_parser("kernel", help="build a Kaggle notebook (and toolkit dataset) that trains CONFIG; --push it")
+    p.add_argument("config", help="YAML config, e.g. configs/f23_lean_convnext.yaml")
+    p.add_argument("--out", help="bundle folder (default kernels/facenext-<config name>)")
+    p.add_argument(
+        "--competition", action="append", help="competition slug to attach (repeatable; default: the term's slugs)"
+    )
+    p.add_argument("--user", help="Kaggle username (default: from the credentials)")
+    p.add_argument("--push", action="store_true", help="push the toolkit dataset and the notebook to Kaggle")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides baked into the notebook")
+    p.set_defaults(func=_kernel)
+
+    p = sub.add_parser("kernel-status", help="status of a pushed notebook's latest run")
+    p.add_argument("kernel", help="USER/SLUG")
+    p.set_defaults(func=_kernel_status)
+
+    p = sub.add_parser("kernel-output", help="download a notebook's output files and log")
+    p.add_argument("kernel", help="USER/SLUG")
+    p.add_argument("-p", "--path", help="folder for the files (default kernels/<slug>/output)")
+    p.set_defaults(func=_kernel_output)
     return parser
 
 
@@ -176,6 +287,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("facenext: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(
+            f"facenext: error: disk full ({e.strerror}{f': {e.filename}' if e.filename else ''}): "
+            "free some space and re-run",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

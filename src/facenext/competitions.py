@@ -23,6 +23,7 @@ class Term:
     ver_dir: str = ""  # verification folder, likewise
     train: str = "train"
     dev: str = "dev"
+    labels_file: str | None = None  # S25 style: split/images/* listed in split/labels.txt instead of identity folders
     test: str | None = "test"
     cls_sample: str | None = "classification_sample_submission.csv"
     # identity matching
@@ -37,9 +38,13 @@ class Term:
     val_pairs: str = "val_pairs.txt"
     test_pairs: str = "test_pairs.txt"
     pair_header: tuple[str, str] = ("ID", "Label")
+    pairs_csv: bool = False  # S22: CSV with a header (img_path1,img_path2,gt) instead of space-separated lines
+    pair_dirs: tuple[str, str] | None = None  # S22: dev and test pair images in their own folders under ver_images
 
 
-def _identity_term(key: str, title: str, slugs: tuple[str, ...], folder: str, **kw) -> Term:
+def _identity_term(
+    key: str, title: str, slugs: tuple[str, ...], folder: str, ver_dir_override: str | None = None, **kw
+) -> Term:
     return Term(
         key=key,
         title=title,
@@ -47,7 +52,7 @@ def _identity_term(key: str, title: str, slugs: tuple[str, ...], folder: str, **
         verification="identity",
         ver_metric="accuracy",
         cls_dir=f"{folder}-classification",
-        ver_dir=f"{folder}-verification",
+        ver_dir=ver_dir_override or f"{folder}-verification",
         **kw,
     )
 
@@ -93,6 +98,65 @@ TERMS: dict[str, Term] = {
             train="cls_data/train",
             dev="cls_data/dev",
             test=None,
+            cls_sample=None,
+            ver_sample=None,
+            no_match=None,
+        ),
+        # Spring 2022: doubly nested folders, pair verification in CSV files scored by ROC AUC. Where the CSVs lie
+        # (beside the inner verification/ folder) and that their paths are relative to that folder is a guess.
+        Term(
+            key="s22",
+            title="Spring 2022",
+            slugs=("11-785-s22-hw2p2-classification", "11-785-s22-hw2p2-verification"),
+            num_classes=7000,
+            param_limit=None,
+            verification="pairs",
+            ver_metric="auc",
+            cls_dir="classification",
+            ver_dir="verification",
+            train="classification/train",
+            dev="classification/dev",
+            test="classification/test",
+            ver_sample=None,
+            no_match=None,
+            ver_images="verification",
+            val_pairs="verification_dev.csv",
+            test_pairs="verification_test.csv",
+            pair_header=("id", "match"),
+            pairs_csv=True,
+            pair_dirs=("dev", "test"),
+        ),
+        # Fall 2022: classification/ nested in the competition folder; every unknown image matches a known identity
+        # (no n000000). The format of dev_identities.csv (id,label as verification_dev.csv) is a guess.
+        _identity_term(
+            "f22",
+            "Fall 2022",
+            ("11-785-f22-hw2p2-classification", "11-785-f22-hw2p2-verification"),
+            "11-785-f22-hw2p2",
+            num_classes=7000,
+            param_limit=None,
+            train="classification/train",
+            dev="classification/dev",
+            test="classification/test",
+            ver_dir_override="verification",
+            ver_dev_labels="dev_identities.csv",
+            no_match=None,
+        ),
+        # Spring 2025 / Fall 2026 style: cls_data/<split>/images/ with cls_data/<split>/labels.txt, one line per image,
+        # `images/<file> <identity>` (space-separated, path relative to the split folder). The exact labels.txt
+        # format and the slug are guesses; the test split is the flat images/ folder.
+        Term(
+            key="s25",
+            title="Spring 2025 / Fall 2026 (images/ + labels.txt)",
+            slugs=(),
+            num_classes=8631,
+            param_limit=None,
+            verification="pairs",
+            ver_metric="eer",
+            train="cls_data/train",
+            dev="cls_data/dev",
+            test="cls_data/test/images",
+            labels_file="labels.txt",
             cls_sample=None,
             ver_sample=None,
             no_match=None,

@@ -27,6 +27,8 @@ class DataConfig:
     mean: tuple[float, float, float] = FACE_MEAN
     std: tuple[float, float, float] = FACE_STD
     num_workers: int = 4  # DataLoader worker processes; 0 loads in the main process
+    cache: bool = False  # decode each split once into a memory-mapped uint8 array on disk (few-core machines)
+    cache_dir: str | None = None  # where the decoded cache lives (default $FACENEXT_CACHE_DIR or ~/.cache/facenext)
 
 
 @dataclass
@@ -38,6 +40,8 @@ class ModelConfig:
     drop_rate: float = 0.0  # dropout before the classifier
     embed_dim: int | None = None  # optional projection for verification embeddings
     init_std: float = 0.02  # truncated-normal init std (the seed's notebook used 0.2)
+    classifier: str = "linear"  # linear, or cosine (needed by the arcface and cosface losses)
+    cosine_scale: float = 30.0  # logit scale of the cosine classifier
 
 
 @dataclass
@@ -48,6 +52,8 @@ class TrainConfig:
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    loss: str = "ce"  # ce, arcface or cosface (margin losses need model.classifier=cosine)
+    margin: float | None = None  # margin of arcface (default 0.5 rad) or cosface (default 0.35)
     schedule: str = "cosine"  # cosine (with warm-up, per iteration) or multistep (the seed's)
     warmup_epochs: float = 1.0
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr is multiplied by gamma

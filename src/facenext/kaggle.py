@@ -15,6 +15,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from typing import Any
 
 from .errors import UserError
 
-KAGGLE_ROOT = Path("/kaggle")  # where a Kaggle notebook mounts its inputs (overridable for tests)
+# Where a Kaggle notebook mounts its inputs; FACENEXT_KAGGLE_ROOT stands in for it in tests only.
+KAGGLE_ROOT = Path(os.environ.get("FACENEXT_KAGGLE_ROOT") or "/kaggle")
 COMPLETE = ".complete"  # written last: a competition folder without it is never trusted
 SETTINGS = "https://www.kaggle.com/settings"
 WHERE_CREDENTIALS = (
@@ -110,9 +112,14 @@ def _status(error: Exception) -> int | None:
     return None
 
 
-def _http_message(status: int | None, slug: str, action: str, error: Exception) -> str:
+def _http_message(status: int | None, slug: str, action: str, error: Exception, kind: str = "competition") -> str:
     if status == 401:
         return f"Kaggle refused the credentials (401): {WHERE_CREDENTIALS}"
+    if status in (403, 404) and kind != "competition":
+        return (
+            f"Kaggle could not {action} {kind} {slug} ({status}): check the name and that it belongs to the account "
+            "of your credentials (attached competitions also need their rules accepted on the website)"
+        )
     if status == 403:
         return (
             f"Kaggle refused access to {slug} (403): accept the competition's rules at "
@@ -124,14 +131,14 @@ def _http_message(status: int | None, slug: str, action: str, error: Exception) 
 
 
 @contextlib.contextmanager
-def _mapped_errors(slug: str, action: str) -> Iterator[None]:
+def _mapped_errors(slug: str, action: str, kind: str = "competition") -> Iterator[None]:
     """Turn the client's exceptions (requests errors) into one-line UserErrors that say what to do."""
     import requests
 
     try:
         yield
     except requests.exceptions.HTTPError as e:
-        raise UserError(_http_message(_status(e), slug, action, e)) from None
+        raise UserError(_http_message(_status(e), slug, action, e, kind)) from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
         raise UserError(
             f"cannot reach Kaggle to {action} {slug or 'Kaggle'} ({type(e).__name__}): "
@@ -254,32 +261,122 @@ def _read_submission(path: Path) -> Any:
 
 
 def _check_against_data(path: Path, frame: Any, competition: str, data_root: Path | None) -> bool:
-    """Check a classification submission against the test images in ``data_root``; True when it was checked."""
-    if data_root is None or list(frame.columns) != ["id", "label"]:
+    """Check the submission against the competition's files in ``data_root``; True when it was checked."""
+    if data_root is None:
         return False
-    from .data.layout import find_layout, list_classes
+    from .data.layout import find_layout
 
     try:
         layout = find_layout(data_root)
     except UserError:
         return False  # no local copy of the competition: the format checks above are all we can do
     slugs = layout.term.slugs
-    digits = frame["label"].str.fullmatch(r"\d+").all()
-    # F23/S24 verification files also read id,label: the slug, or integer labels, says it is classification.
-    if layout.test is None or competition in slugs[1:] or (competition not in slugs and not digits):
+    if competition in slugs:  # the slug says which file it is; a term with one competition guesses from the labels
+        kind = None if len(slugs) == 1 else ("classification" if competition == slugs[0] else "verification")
+    elif frame[frame.columns[1]].str.fullmatch(r"\d+").all():
+        kind = "classification"  # another slug (a sample, a new term): integer labels are classification
+    else:
         return False
-    from .submission import check_classification_submission
+    if kind == "classification" and layout.test is None:
+        return False
+    from .submission import check_submission
 
-    check_classification_submission(path, layout, len(list_classes(layout.train)))
+    check_submission(path, layout, kind)
     return True
 
 
+def _run_label(run: str | Path) -> str:
+    """``name (dev 0.9123)`` from the run's summary.json when it exists, else the run's name."""
+    run = Path(run)
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        acc = json.loads((run / "summary.json").read_text()).get("best_dev_acc")
+        if acc is not None:
+            return f"{run.name} (dev {float(acc):.4f})"
+    return run.name
+
+
+def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
+    """The runs behind ``file`` and their dev accuracy, e.g. ``FaceNext: a (dev 0.9120), b (dev 0.9050)``.
+
+    The runs come from the ensemble summary written next to the file (``submission.json``: its ``runs``); a file
+    written by ``facenext predict`` sits in ``submissions/<run>/``, so its folder names the run in ``runs_root``.
+    """
+    path = Path(file)
+    runs: list[str] = []
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        runs = [str(r) for r in json.loads(path.with_suffix(".json").read_text()).get("runs", [])]
+    if not runs and (Path(runs_root) / path.parent.name / "summary.json").is_file():
+        runs = [str(Path(runs_root) / path.parent.name)]
+    if not runs:
+        return f"FaceNext {path.name}"
+    return "FaceNext: " + ", ".join(_run_label(r) for r in runs)
+
+
+def _submission_row(item: Any) -> dict[str, Any]:
+    date = item.date
+    status = getattr(item.status, "name", str(item.status)).lower()
+    return {
+        "ref": item.ref,
+        "date": date.strftime("%Y-%m-%d %H:%M") if hasattr(date, "strftime") else str(date or ""),
+        "description": item.description or "",
+        "status": status,
+        "public_score": item.public_score or None,
+        "private_score": item.private_score or None,
+        "error": item.error_description or None,
+    }
+
+
+def list_submissions(competition: str, api: Any = None) -> list[dict[str, Any]]:
+    """The competition's submissions, newest first, as dicts (ref, date, description, status, scores, error)."""
+    _check_slug(competition)
+    api = api or authenticated_api()
+    with _quiet_client(), _mapped_errors(competition, "list the submissions of"):
+        items = api.competition_submissions(competition) or []
+    return [_submission_row(item) for item in items if item is not None]
+
+
+def print_submissions(competition: str) -> list[dict[str, Any]]:
+    """Print the competition's submissions as a table (date, status, public, private, description)."""
+    rows = list_submissions(competition)
+    if not rows:
+        print(f"{competition}: no submissions yet")
+        return rows
+    table = [("date", "status", "public", "private", "description")]
+    table += [
+        (r["date"], r["status"], r["public_score"] or "-", r["private_score"] or "-", r["description"]) for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:4], widths, strict=False)) + "  " + row[4])
+    return rows
+
+
+def follow_submission(api: Any, competition: str, ref: Any, wait: float, interval: float) -> dict[str, Any] | None:
+    """Poll the submission ``ref`` until it is no longer pending or ``wait`` seconds have passed; its last row."""
+    deadline = time.monotonic() + wait
+    while True:
+        rows = list_submissions(competition, api)
+        row = next((r for r in rows if ref and r["ref"] == ref), rows[0] if rows else None)
+        if (row is not None and row["status"] != "pending") or time.monotonic() + interval > deadline:
+            return row
+        time.sleep(interval)
+
+
 def submit(
-    file: str | Path, competition: str, message: str, data_root: str | Path | None = "data", dry_run: bool = False
+    file: str | Path,
+    competition: str,
+    message: str | None = None,
+    data_root: str | Path | None = "data",
+    dry_run: bool = False,
+    wait: float = 600,
+    poll_interval: float = 10,
 ) -> dict:
-    """Check ``file`` and, unless ``dry_run``, upload it to ``competition``; returns a summary (also printed)."""
+    """Check ``file`` and, unless ``dry_run``, upload it to ``competition`` and follow it until it is scored (at most
+    ``wait`` seconds; 0 does not wait); returns a summary (also printed). ``message`` defaults to
+    :func:`default_message`."""
     _check_slug(competition)
     path = Path(file)
+    message = message or default_message(path)
     frame = _read_submission(path)
     checked = _check_against_data(path, frame, competition, Path(data_root) if data_root else None)
     summary: dict[str, Any] = {"file": str(path), "competition": competition, "rows": len(frame)}
@@ -292,5 +389,22 @@ def submit(
         response = api.competition_submit(str(path), message, competition, quiet=True)
     if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"uploading {path} to {competition} failed: check the connection and retry")
-    print(f"{path}: {len(frame)} rows submitted to {competition}: {response.message}")
-    return {**summary, "uploaded": True, "message": response.message, "ref": response.ref}
+    print(f"{path}: {len(frame)} rows submitted to {competition} as {message!r}: {response.message}")
+    summary = {**summary, "uploaded": True, "message": response.message, "ref": response.ref, "description": message}
+    if wait <= 0:
+        print(f"not waiting for the score: `facenext submissions {competition}` shows it once Kaggle has scored it")
+        return summary
+    row = follow_submission(api, competition, response.ref, wait, poll_interval)
+    status = row["status"] if row else "pending"
+    summary.update(status=status, public_score=row and row["public_score"], private_score=row and row["private_score"])
+    if status == "complete":
+        print(f"{competition}: scored, public score {row['public_score']}")
+    elif status == "error":
+        detail = row.get("error") or "no detail given"
+        raise UserError(f"Kaggle could not score {path} on {competition}: {detail}; fix the file and submit again")
+    else:
+        print(
+            f"{competition}: still {status} after {wait:g} s: run `facenext submissions {competition}` later to see "
+            "the score"
+        )
+    return summary

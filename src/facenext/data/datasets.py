@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -12,20 +14,39 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserError
-from .layout import list_classes, list_images
+from .layout import LABELS_FILE, list_classes, list_images, read_labels
+
+# What a broken file raises while decoding: PIL's UnidentifiedImageError and "truncated" errors are OSErrors;
+# corrupt headers raise SyntaxError or ValueError in some plug-ins.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
-    """Decode an image as RGB uint8; JPEGs bigger than ``size`` are decoded at reduced scale (draft mode)."""
+    """Decode an image as RGB uint8 (HWC); JPEGs bigger than ``size`` are decoded at reduced scale (draft mode).
+
+    Greyscale, RGBA, CMYK, palette and 16-bit images all become 8-bit RGB (16-bit values are scaled, not clipped).
+    """
     with Image.open(path) as img:
         if size and img.format == "JPEG":
             img.draft("RGB", (size, size))
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            values = np.asarray(img, dtype=np.float32)
+            if img.mode == "F" and values.max() <= 1.0:
+                values = values * 255.0  # floats in [0, 1]
+            elif img.mode.startswith("I;16") or values.max() > 255:
+                values = values / 257.0  # 16-bit: 65535 -> 255
+            grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
         return np.asarray(img.convert("RGB"))
 
 
 def image_folder(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
     """Paths and class indices of a folder-per-identity split, indexed by ``classes`` (the train folder order)."""
     index = {name: i for i, name in enumerate(classes)}
+    if (folder / LABELS_FILE).is_file():
+        return labelled_split(folder, index)
     found = list_classes(folder)
     strangers = [name for name in found if name not in index]
     if strangers:
@@ -43,18 +64,46 @@ def image_folder(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list
     return paths, labels
 
 
+def labelled_split(folder: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """Paths and class indices of an S25-style split: ``folder/labels.txt`` lists ``images/<file> <identity>``."""
+    items = read_labels(folder)
+    strangers = sorted({identity for _, identity in items if identity not in index})
+    if strangers:
+        raise UserError(
+            f"{folder / LABELS_FILE} has {len(strangers)} identities that are not in the training classes "
+            f"(e.g. {strangers[0]}): train and dev must come from the same competition"
+        )
+    if not items:
+        raise UserError(f"{folder / LABELS_FILE} lists no images: check the data folder (data.root)")
+    return [folder / rel for rel, _ in items], [index[identity] for _, identity in items]
+
+
 class FaceImages(Dataset):
     """Images with integer labels (``-1`` where unknown).
 
     Indexed by ``(seed, epoch, index)`` from ``SeededSampler``, the augmentation of every sample depends on those
     numbers alone: the same in any worker process, after a resume, and with any number of workers.
+
+    A file that cannot be decoded is skipped: the sample at the next readable index takes its place (with the
+    augmentation seed of the original position, so this stays deterministic), one warning line is printed by the
+    process that hits it, and its path is added to ``bad`` (per process: worker processes keep their own sets).
+    With ``cache`` (a ``facenext.data.cache.DecodedCache``), images come from the memory-mapped decoded cache.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform: A.Compose, size: int) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int] | None,
+        transform: A.Compose,
+        size: int,
+        cache: Any = None,
+    ) -> None:
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.transform = transform
         self.size = size
+        self.cache = cache
+        self.bad: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,8 +114,30 @@ class FaceImages(Dataset):
             self.transform.set_random_seed(int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]))
         else:
             index = key
-        image = load_rgb(self.paths[index], self.size)
-        return self.transform(image=image)["image"], self.labels[index]
+        for offset in range(len(self.paths)):
+            i = (index + offset) % len(self.paths)
+            image = self._decode(i)
+            if image is not None:
+                return self.transform(image=image)["image"], self.labels[i]
+        raise UserError(f"none of the {len(self.paths)} images (e.g. {self.paths[0]}) can be decoded")
+
+    def _decode(self, index: int) -> np.ndarray | None:
+        path = self.paths[index]
+        if path in self.bad:
+            return None
+        if self.cache is not None:
+            image = self.cache.get(index)
+            if image is not None:
+                return image
+            error: Exception | str = "unreadable when the decoded cache was built"
+        else:
+            try:
+                return load_rgb(path, self.size)
+            except DECODE_ERRORS as e:
+                error = e
+        self.bad.add(path)
+        print(f"facenext: warning: skipping unreadable image {path} ({error})", file=sys.stderr, flush=True)
+        return None
 
 
 class SeededSampler(Sampler):

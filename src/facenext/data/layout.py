@@ -11,6 +11,7 @@ from ..competitions import TERMS, Term, get_term
 from ..errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff"}
+LABELS_FILE = "labels.txt"  # S25 style splits: images/<file> listed with their identity, one `path identity` a line
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,32 @@ def list_images(folder: Path) -> list[str]:
 
 
 def list_classes(folder: Path) -> list[str]:
-    """Identity folders in ImageFolder order (sorted names): the class index of each identity."""
+    """Identity folders in ImageFolder order (sorted names): the class index of each identity.
+
+    A split with a ``labels.txt`` gives its identities from that file instead, sorted the same way, except that
+    identities which are all integers sort by value (so that label ``k`` gets index ``k`` when they run 0..N-1).
+    """
+    folder = Path(folder)
+    if (folder / LABELS_FILE).is_file():
+        names = {identity for _, identity in read_labels(folder)}
+        if all(n.isdigit() for n in names):
+            return sorted(names, key=lambda n: (int(n), n))
+        return sorted(names)
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def read_labels(folder: Path) -> list[tuple[str, str]]:
+    """``(image path relative to folder, identity)`` for each line of ``folder/labels.txt``, in file order."""
+    path = Path(folder) / LABELS_FILE
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise UserError(f"{path}, line {number}: expected `images/<file> <identity>`, got {line.strip()!r}")
+        items.append((fields[0], fields[1]))
+    return items
 
 
 def _candidates(root: Path) -> Iterator[Path]:
@@ -75,7 +100,8 @@ def _optional(base: Path | None, rel: str | None) -> Path | None:
 
 
 def _locate(root: Path, term: Term) -> Layout | None:
-    cls_base = _find_part(root, term.cls_dir, term.train)
+    marker = f"{term.train}/{term.labels_file}" if term.labels_file else term.train
+    cls_base = _find_part(root, term.cls_dir, marker)
     if cls_base is None:
         return None
     if term.verification == "identity":

@@ -84,7 +84,12 @@ def folder_source(folder: Path, size: int | None, seed: int) -> Source:
     if len(names) < 6:
         raise UserError(f"--from folder {folder} has {len(names)} identity folders with images: need at least 6")
     order = np.random.default_rng(seed).permutation(len(names))
-    return Source({names[i]: [_jpeg_from_file(folder / names[i] / f, size) for f in list_images(folder / names[i])] for i in order})
+    return Source(
+        {
+            names[i]: [_jpeg_from_file(folder / names[i] / f, size) for f in list_images(folder / names[i])]
+            for i in order
+        }
+    )
 
 
 def split_source(source: Source, classification_identities: int | None, seed: int) -> Split:
@@ -131,6 +136,25 @@ def _write_folders(base: Path, per_identity: dict[str, list[ImageMaker]]) -> Non
             _write(base / name / f"{j + 1:04d}_01.jpg", maker)
 
 
+def _write_labelled(base: Path, per_identity: dict[str, list[ImageMaker]], labels_file: str) -> None:
+    """An S25-style split: ``images/<nnnnnn>.jpg`` and ``labels.txt`` with ``images/<file> <identity>`` lines."""
+    lines = []
+    for name, makers in per_identity.items():
+        for maker in makers:
+            rel = f"images/{len(lines):06d}.jpg"
+            _write(base / rel, maker)
+            lines.append(f"{rel} {name}\n")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / labels_file).write_text("".join(lines))
+
+
+def _write_split(base: Path, per_identity: dict[str, list[ImageMaker]], term: Term) -> None:
+    if term.labels_file:
+        _write_labelled(base, per_identity, term.labels_file)
+    else:
+        _write_folders(base, per_identity)
+
+
 def _write_flat(folder: Path, items: list[tuple[str, ImageMaker]], names: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for file_name, (_, maker) in zip(names, items, strict=True):
@@ -143,13 +167,11 @@ def _truth(split_items: list[tuple[str, ImageMaker]], known: dict, no_match: str
 
 def write_identity_competition(split: Split, out: Path, term: Term) -> None:
     """Classification + known/unknown verification, as in F22/S23/F23/S24."""
-    cls_dir, ver_dir, answers = out / term.cls_dir, out / term.ver_dir, out / "answers"
-    _write_folders(cls_dir / term.train, split.train)
-    _write_folders(cls_dir / term.dev, split.dev)
-    classes = sorted(split.train)
-    test_names = [numbered_name(i, term) for i in range(len(split.test))]
-    _write_flat(cls_dir / term.test, split.test, test_names)
-    pd.DataFrame({"id": test_names, "label": 0}).to_csv(cls_dir / term.cls_sample, index=False)
+    ver_dir, answers = out / term.ver_dir, out / "answers"
+    _write_classification(split, out, term)
+    if term.no_match is None:  # F22: every unknown image shows a known identity
+        split.unknown_dev = [item for item in split.unknown_dev if item[0] in split.known]
+        split.unknown_test = [item for item in split.unknown_test if item[0] in split.known]
 
     known = {name: [maker] for name, maker in split.known.items()}
     _write_folders(ver_dir / term.known, known)
@@ -164,12 +186,27 @@ def write_identity_competition(split: Split, out: Path, term: Term) -> None:
     )
 
     answers.mkdir(parents=True, exist_ok=True)
-    labels = [classes.index(name) for name, _ in split.test]
-    pd.DataFrame({"id": test_names, "label": labels}).to_csv(answers / "classification_test.csv", index=False)
     test_truth = _truth(split.unknown_test, split.known, term.no_match)
     pd.DataFrame({"id": range(len(test_ver_names)), "label": test_truth}).to_csv(
         answers / "verification_test.csv", index=False
     )
+
+
+def _write_classification(split: Split, out: Path, term: Term) -> None:
+    """Train and dev splits, the flat test folder with its sample submission, and the test answer key."""
+    cls_dir = out / term.cls_dir
+    _write_split(cls_dir / term.train, split.train, term)
+    _write_split(cls_dir / term.dev, split.dev, term)
+    if term.test is None:
+        return
+    test_names = [numbered_name(i, term) for i in range(len(split.test))]
+    _write_flat(cls_dir / term.test, split.test, test_names)
+    if term.cls_sample:
+        pd.DataFrame({"id": test_names, "label": 0}).to_csv(cls_dir / term.cls_sample, index=False)
+    classes = sorted(split.train)
+    labels = [classes.index(name) for name, _ in split.test]
+    (out / "answers").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": test_names, "label": labels}).to_csv(out / "answers" / "classification_test.csv", index=False)
 
 
 def _pairs(items: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[str, str, int]]:
@@ -189,27 +226,34 @@ def _pairs(items: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple
 
 
 def write_pairs_competition(split: Split, out: Path, term: Term, seed: int) -> None:
-    """ImageFolder classification data + labelled validation pairs and unlabelled test pairs, as in F24."""
-    base, answers = out / term.cls_dir, out / "answers"
-    _write_folders(base / term.train, split.train)
-    _write_folders(base / term.dev, split.dev)
+    """Classification data + labelled validation pairs and unlabelled test pairs, as in S22, F24 and S25."""
+    base, answers = out / term.ver_dir, out / "answers"
+    _write_classification(split, out, term)
     rng = np.random.default_rng(seed)
     pools = {"val": split.unknown_dev, "test": split.unknown_test + [(n, m) for n, m in split.known.items()]}
     files: dict[str, list[tuple[str, str]]] = {}
     counter = 0
     for pool, items in pools.items():
         files[pool] = []
+        sub = f"{term.pair_dirs[0 if pool == 'val' else 1]}/" if term.pair_dirs else ""
         for name, maker in items:
-            rel = f"{term.ver_images}/{counter:05d}.jpg"
+            rel = f"{term.ver_images}/{sub}{counter:05d}.jpg"
             _write(base / rel, maker)
             files[pool].append((name, rel))
             counter += 1
     val = _pairs(files["val"], rng)
     test = _pairs(files["test"], rng)
-    (base / term.val_pairs).write_text("".join(f"{a} {b} {y}\n" for a, b, y in val))
-    (base / term.test_pairs).write_text("".join(f"{a} {b}\n" for a, b, _ in test))
+    if term.pairs_csv:  # S22
+        pd.DataFrame(val, columns=["img_path1", "img_path2", "gt"]).to_csv(base / term.val_pairs, index=False)
+        pd.DataFrame([t[:2] for t in test], columns=["img_path1", "img_path2"]).to_csv(
+            base / term.test_pairs, index=False
+        )
+    else:
+        (base / term.val_pairs).write_text("".join(f"{a} {b} {y}\n" for a, b, y in val))
+        (base / term.test_pairs).write_text("".join(f"{a} {b}\n" for a, b, _ in test))
     answers.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"ID": range(len(test)), "Label": [y for _, _, y in test]}).to_csv(
+    id_col, score_col = term.pair_header
+    pd.DataFrame({id_col: range(len(test)), score_col: [y for _, _, y in test]}).to_csv(
         answers / "verification_test_pairs.csv", index=False
     )
 

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
@@ -40,6 +39,7 @@ from ..data.layout import Layout, find_layout, list_classes
 from ..data.transforms import eval_transform, train_transform
 from ..device import amp_dtype, autocast, resolve_device
 from ..errors import UserError
+from ..losses import build_loss
 from ..models import count_parameters, create_model
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from .curves import ExperimentLogger, plot_curves
@@ -76,6 +76,8 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
             drop_rate=m.drop_rate,
             embed_dim=m.embed_dim,
             init_std=m.init_std,
+            classifier=m.classifier if m.classifier != "linear" else None,
+            cosine_scale=m.cosine_scale if m.classifier != "linear" else None,
         )
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"cannot build model {m.name!r}: {e}") from None
@@ -157,6 +159,12 @@ def load_data(config: Config) -> Data:
     dev = None
     if layout.dev is not None:
         dev = FaceImages(*image_folder(layout.dev, classes), eval_transform(size, d.mean, d.std), size)
+    if d.cache:  # decoded once into memory-mapped uint8 arrays; rebuilt when the files change
+        from ..data.cache import attach_cache
+
+        for dataset in (train, dev):
+            if dataset is not None:
+                attach_cache(dataset, d.cache_dir)
     return Data(layout, classes, train, dev)
 
 
@@ -274,6 +282,7 @@ class Trainer:
             raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {self.ctx.world} processes")
         self.batch = t.batch_size // self.ctx.world
         self.mixup = self._mixup(num_classes)
+        self.criterion = self._build_loss()
         self.train_loader = make_loader(self.data.train, config, self.device, True, self.batch, self.ctx)
         self.dev_loader = (
             make_loader(self.data.dev, config, self.device, False, self.batch * 2, DistContext())
@@ -347,7 +356,7 @@ class Trainer:
     def _latest_checkpoint(self) -> dict[str, Any] | None:
         """The most advanced readable checkpoint; a damaged one is reported and the next one used."""
         states = []
-        for name in ("recovery.pt", "last.pt"):
+        for name in ("recovery.pt", "last.pt", "last.pt.prev"):
             path = self.run_dir / name
             if not path.exists():
                 continue
@@ -399,10 +408,17 @@ class Trainer:
         self.last_recovery = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------------------------------------
+    def _build_loss(self) -> nn.Module:
+        t, m = self.config.train, self.config.model
+        if t.loss != "ce" and m.classifier != "cosine":
+            raise UserError(f"train.loss={t.loss} trains a cosine classifier: set model.classifier=cosine")
+        try:
+            return build_loss(t.loss, t.label_smoothing, self.mixup is not None, m.cosine_scale, t.margin)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.mixup is not None:
-            return SoftTargetCrossEntropy()(logits.float(), targets)
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.config.train.label_smoothing)
+        return self.criterion(logits.float(), targets)
 
     def _optimizer_step(self) -> None:
         t = self.config.train
@@ -528,7 +544,7 @@ class Trainer:
         for name in dropped:
             (self.run_dir / "top" / name).unlink(missing_ok=True)
         self.write_metrics()
-        save_checkpoint(self.run_dir / "last.pt", state)
+        save_checkpoint(self.run_dir / "last.pt", state, keep_previous=True)
         (self.run_dir / "recovery.pt").unlink(missing_ok=True)
 
     def _top_name(self) -> str:
@@ -555,6 +571,8 @@ class Trainer:
         main = self.ctx.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp*"):  # left by a process killed while writing
+                stale.unlink(missing_ok=True)
         barrier(self.ctx)
         resumed = self.resume()
         t = self.config.train

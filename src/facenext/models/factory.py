@@ -44,6 +44,9 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if name.startswith(TIMM_PREFIX):
         kwargs.pop("embed_dim", None)
         kwargs.pop("init_std", None)
+        kwargs.pop("cosine_scale", None)
+        if kwargs.pop("classifier", "linear") != "linear":
+            raise ValueError("the cosine classifier (margin losses) is built for FaceNext's ConvNeXt variants only")
         return TimmFaceModel(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")

@@ -1,0 +1,293 @@
+"""Build, push and follow a Kaggle notebook that trains with a FaceNext config on Kaggle's GPU.
+
+``facenext kernel CONFIG`` writes a folder with two parts:
+
+- ``toolkit/``: a Kaggle dataset (``dataset-metadata.json`` + a wheel of FaceNext built here, offline, with
+  ``pip wheel --no-deps --no-build-isolation``). The notebook has no internet; torch, timm and albumentations
+  are preinstalled there, so only FaceNext itself is installed, with ``pip install --no-index --no-deps``.
+- ``notebook/``: ``kernel-metadata.json`` (GPU on, internet off, the competitions and the toolkit dataset as
+  sources) and ``notebook.py``, a script with the config embedded that installs FaceNext from
+  ``/kaggle/input/facenext-toolkit``, trains (``data.root=/kaggle/input``, runs under ``/kaggle/working/runs``),
+  predicts, ensembles into ``/kaggle/working/submission.csv`` and runs verify when verification data is present.
+
+``--push`` creates (or versions) the dataset and then pushes the notebook through the ``kaggle`` client;
+``facenext kernel-status`` and ``kernel-output`` follow it and fetch its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .kaggle import _mapped_errors, _quiet_client, authenticated_api, config_dir
+
+TOOLKIT = "facenext-toolkit"  # the dataset's slug, and its folder under /kaggle/input
+CODE_FILE = "notebook.py"
+PROJECT = Path(__file__).resolve().parents[2]  # the source tree (pyproject.toml) when installed in editable mode
+KERNEL_REF = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_-]+$")
+
+
+def kaggle_username(user: str | None = None) -> str:
+    """``user``, else the username of the legacy credentials (KAGGLE_USERNAME or kaggle.json)."""
+    user = user or os.environ.get("KAGGLE_USERNAME")
+    if not user:
+        path = config_dir() / "kaggle.json"
+        try:
+            user = json.loads(path.read_text()).get("username")
+        except (OSError, ValueError, AttributeError):
+            user = None
+    if not user or not re.fullmatch(r"[A-Za-z0-9_-]+", user):
+        raise UserError("no Kaggle username: pass --user NAME (or set KAGGLE_USERNAME, or save ~/.kaggle/kaggle.json)")
+    return user
+
+
+def kernel_slug(config: str | Path) -> tuple[str, str]:
+    """(slug, title) of the notebook for ``config``; the title resolves to the slug as Kaggle requires."""
+    words = re.findall(r"[a-z0-9]+", Path(config).stem.lower())
+    return "-".join(["facenext", *words]), " ".join(["FaceNext", *words])
+
+
+def build_wheel(out_dir: Path, project: Path = PROJECT) -> Path:
+    """Build FaceNext's wheel into ``out_dir`` offline, from a copy of the source (nothing written to the tree)."""
+    if not (project / "pyproject.toml").is_file():
+        raise UserError(
+            f"FaceNext's source (pyproject.toml) is not in {project}: run `facenext kernel` from a checkout"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="facenext-wheel.") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            if (project / name).is_file():
+                shutil.copy2(project / name, src / name)
+        shutil.copytree(
+            project / "src" / "facenext", src / "src" / "facenext", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+        result = subprocess.run([*cmd, str(src), "-w", str(out_dir)], capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"building FaceNext's wheel failed ({tail[0][:200]}): check that setuptools is installed")
+    wheels = sorted(out_dir.glob("facenext-*.whl"))
+    if not wheels:
+        raise UserError(f"pip wrote no FaceNext wheel to {out_dir}")
+    return wheels[-1]
+
+
+def _competitions(config: Any, competitions: list[str] | None) -> list[str]:
+    if competitions:
+        return list(dict.fromkeys(competitions))
+    from .competitions import get_term
+
+    term = config.data.term if config.data.term != "auto" else "f23"
+    return list(get_term(term).slugs)
+
+
+def notebook_script(config_text: str, overrides: list[str], competitions: list[str], run_name: str) -> str:
+    """The notebook's code: installs FaceNext offline, trains, predicts, ensembles, verifies."""
+    return NOTEBOOK.format(
+        config=json.dumps(config_text),
+        overrides=json.dumps(overrides),
+        competitions=json.dumps(competitions),
+        toolkit=json.dumps(TOOLKIT),
+        run=json.dumps(run_name),
+    )
+
+
+def build_bundle(
+    config: str | Path,
+    out: str | Path | None = None,
+    competitions: list[str] | None = None,
+    user: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``out/notebook`` and ``out/toolkit`` (see the module's docstring); returns a summary (also printed)."""
+    from .config import load_config
+
+    overrides = list(overrides or [])
+    loaded = load_config(config, overrides)  # refuse a broken config here, not hours later on Kaggle
+    user = kaggle_username(user)
+    slug, title = kernel_slug(config)
+    slugs = _competitions(loaded, competitions)
+    out = Path(out or Path("kernels") / slug)
+    notebook, toolkit = out / "notebook", out / "toolkit"
+    for folder in (notebook, toolkit):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    wheel = build_wheel(toolkit)
+    dataset = {
+        "id": f"{user}/{TOOLKIT}",
+        "title": "FaceNext toolkit",
+        "licenses": [{"name": "other"}],
+        "description": "The FaceNext package as a wheel, for `pip install --no-index --no-deps` in a notebook.",
+    }
+    (toolkit / "dataset-metadata.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    metadata = {
+        "id": f"{user}/{slug}",
+        "title": title,
+        "code_file": CODE_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": [f"{user}/{TOOLKIT}"],
+        "competition_sources": slugs,
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+    (notebook / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    script = notebook_script(Path(config).read_text(), overrides, slugs, Path(config).stem)
+    (notebook / CODE_FILE).write_text(script)
+    summary = {"notebook": str(notebook), "toolkit": str(toolkit), "wheel": wheel.name, "kernel": metadata["id"]}
+    summary["competitions"] = slugs
+    print(f"wrote {notebook} (kernel {metadata['id']}, competitions {', '.join(slugs)}) and {toolkit} ({wheel.name})")
+    return summary
+
+
+def push(bundle: dict[str, Any], api: Any = None) -> dict[str, Any]:
+    """Create (or version) the toolkit dataset, then push the notebook; returns the kernel's ref and url."""
+    import requests
+
+    api = api or authenticated_api()
+    toolkit, notebook = bundle["toolkit"], bundle["notebook"]
+    ref = json.loads((Path(toolkit) / "dataset-metadata.json").read_text())["id"]
+    with _quiet_client(), _mapped_errors(ref, "push", "dataset"):
+        try:
+            api.dataset_status(ref)
+            exists = True
+        except requests.exceptions.HTTPError as e:
+            if e.response is None or e.response.status_code != 404:
+                raise
+            exists = False
+        try:
+            if exists:
+                response = api.dataset_create_version(toolkit, "FaceNext wheel", quiet=True)
+            else:
+                response = api.dataset_create_new(toolkit, public=False, quiet=True)
+        except ValueError as e:
+            raise UserError(f"Kaggle refused the toolkit dataset {ref}: {e}") from None
+    if getattr(response, "error", None):
+        raise UserError(f"Kaggle refused the toolkit dataset {ref}: {response.error}")
+    print(f"dataset {ref}: {'new version' if exists else 'created'}")
+    kernel = bundle["kernel"]
+    with _quiet_client(), _mapped_errors(kernel, "push", "notebook"):
+        try:
+            saved = api.kernels_push(notebook)
+        except ValueError as e:
+            raise UserError(f"Kaggle refused the notebook {kernel}: {e}") from None
+    if saved.error:
+        raise UserError(f"Kaggle refused the notebook {kernel}: {saved.error}")
+    print(f"notebook {kernel} pushed (version {saved.version_number}): {saved.url}")
+    print(f"follow it with `facenext kernel-status {kernel}`, then `facenext kernel-output {kernel}`")
+    return {"ref": saved.ref, "url": saved.url, "version": saved.version_number}
+
+
+def _check_ref(kernel: str) -> None:
+    if not KERNEL_REF.match(kernel):
+        raise UserError(f"{kernel!r} is not a notebook name: use USER/SLUG, e.g. alice/facenext-demo")
+
+
+def kernel_status(kernel: str) -> dict[str, Any]:
+    """The notebook's latest run: status (queued, running, complete, error, ...) and any failure message."""
+    _check_ref(kernel)
+    api = authenticated_api()
+    with _quiet_client(), _mapped_errors(kernel, "read the status of", "notebook"):
+        try:
+            response = api.kernels_status(kernel)
+        except ValueError as e:
+            raise UserError(f"Kaggle refused {kernel}: {str(e)[:200]}") from None
+    status = getattr(response.status, "name", str(response.status)).lower()
+    line = f"{kernel}: {status}"
+    if response.failure_message:
+        line += f" ({response.failure_message})"
+    if status == "complete":
+        line += f"; fetch the outputs with `facenext kernel-output {kernel}`"
+    print(line)
+    return {"kernel": kernel, "status": status, "failure_message": response.failure_message or None}
+
+
+def kernel_output(kernel: str, out: str | Path | None = None) -> list[Path]:
+    """Download the notebook's output files (and its log) into ``out`` (default ``kernels/<slug>/output``)."""
+    _check_ref(kernel)
+    out = Path(out or Path("kernels") / kernel.split("/")[1] / "output")
+    api = authenticated_api()
+    with _quiet_client(), _mapped_errors(kernel, "fetch the outputs of", "notebook"):
+        try:
+            files, _ = api.kernels_output(kernel, str(out), force=True, quiet=True)
+        except ValueError as e:
+            raise UserError(f"Kaggle refused {kernel}: {str(e)[:200]}") from None
+    paths = [Path(f) for f in files]
+    print(f"{kernel}: {len(paths)} file(s) in {out}: {', '.join(p.name for p in paths) or 'none'}")
+    return paths
+
+
+NOTEBOOK = '''\
+"""FaceNext on Kaggle, written by `facenext kernel`: install offline, train, predict, ensemble, verify.
+
+Attach the competition(s) and the toolkit dataset; the notebook needs no internet.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG = {config}
+OVERRIDES = {overrides}
+COMPETITIONS = {competitions}
+RUN = {run}
+TOOLKIT = {toolkit}  # the dataset holding FaceNext's wheel
+KAGGLE = Path(os.environ.get("FACENEXT_KAGGLE_ROOT") or "/kaggle")  # set only by FaceNext's tests
+INPUT, WORKING = KAGGLE / "input", KAGGLE / "working"
+os.environ.setdefault("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # FaceNext then budgets for the 12-hour session
+WORKING.mkdir(parents=True, exist_ok=True)
+os.chdir(WORKING)
+
+# 1. FaceNext from the attached dataset: no index, no dependencies (torch, timm, albumentations are preinstalled).
+wheels = sorted((INPUT / TOOLKIT).rglob("facenext-*.whl"))
+if not wheels:
+    sys.exit(f"no FaceNext wheel under {{INPUT / TOOLKIT}}: attach the {{TOOLKIT}} dataset to this notebook")
+target = KAGGLE / "temp" / "facenext"
+install = ["install", "--no-index", "--no-deps", "--quiet", "--upgrade", "--target", str(target), str(wheels[-1])]
+print("+ pip", " ".join(install), flush=True)
+subprocess.run([sys.executable, "-m", "pip", *install], check=True)
+sys.path.insert(0, str(target))
+
+from facenext.cli import main  # noqa: E402
+from facenext.data.layout import find_layout  # noqa: E402
+
+print("using FaceNext from", Path(sys.modules["facenext.cli"].__file__).parent, flush=True)
+
+
+def facenext(*args):
+    print("+ facenext", " ".join(map(str, args)), flush=True)
+    code = main([str(a) for a in args])
+    if code:
+        sys.exit(code)
+
+
+# 2. Train, predict, ensemble into /kaggle/working/submission.csv.
+(WORKING / "config.yaml").write_text(CONFIG)
+run, predictions = WORKING / "runs" / RUN, WORKING / "submissions"
+facenext("train", WORKING / "config.yaml", "--out", run, f"data.root={{INPUT}}", *OVERRIDES)
+facenext("predict", run, "--out", predictions / RUN)
+facenext("ensemble", run, "--predictions", predictions, "--out", WORKING / "submission.csv")
+
+# 3. Verification, when a verification competition is attached.
+layout = find_layout(INPUT)
+if layout.known is not None or layout.val_pairs is not None:
+    facenext("verify", run, "--out", predictions / RUN)
+else:
+    print("no verification data attached: verification skipped")
+print("done:", WORKING / "submission.csv")
+'''

@@ -1,0 +1,226 @@
+"""Verification: metrics against scikit-learn and brute force, the embedding cache, figures, chunked pair scoring."""
+
+from __future__ import annotations
+
+import json
+import os
+from math import erf, sqrt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import det_curve, roc_auc_score
+
+from facenext.cli import main
+from facenext.data.layout import find_layout, list_images
+from facenext.verify import (
+    accuracy_curve,
+    kfold_accuracy,
+    pair_metrics,
+    read_pairs,
+    score_pairs,
+    threshold_curve,
+)
+
+from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1 + erf(x / sqrt(2)))
+
+
+def _assert_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image.std() > 0.01, f"{path} is blank"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eer_and_auc_agree_with_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 3000)
+    scores = np.round(rng.normal(labels * (0.5 + seed), 1.0), 2)  # rounding makes ties
+    ours = pair_metrics(scores, labels)
+    fpr, fnr, _ = det_curve(labels, scores)
+    i = int(np.argmin(np.abs(fpr - fnr)))
+    step = 2 / min(labels.sum(), (1 - labels).sum())  # one sample of either class moves the curve this much
+    assert abs(ours["eer"] - (fpr[i] + fnr[i]) / 2) < step
+    assert ours["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    # AUC by brute force: P(genuine > impostor) + P(tie) / 2
+    g, n = scores[labels == 1], scores[labels == 0]
+    assert ours["auc"] == pytest.approx((g[:, None] > n).mean() + 0.5 * (g[:, None] == n).mean(), abs=1e-12)
+    # the EER threshold splits both error rates near the EER
+    far = (n >= ours["eer_threshold"]).mean()
+    frr = (g < ours["eer_threshold"]).mean()
+    assert abs(far - ours["eer"]) < 0.02 and abs(frr - ours["eer"]) < 0.02
+
+
+def test_eer_of_two_normals_is_known():
+    rng = np.random.default_rng(5)
+    labels = np.repeat([1, 0], 20000)
+    scores = rng.normal(labels * 2.0, 1.0)
+    ours = pair_metrics(scores, labels)
+    assert ours["eer"] == pytest.approx(_phi(-1.0), abs=0.006)  # equal unit normals 2 apart cross at 1
+    assert ours["eer_threshold"] == pytest.approx(1.0, abs=0.05)
+    assert ours["auc"] == pytest.approx(_phi(2.0 / sqrt(2)), abs=0.005)
+    assert ours["tar_at_far_0.01"] == pytest.approx(1 - _phi(2.326 - 2.0), abs=0.02)
+
+
+def test_tar_at_far_on_a_constructed_case():
+    # 1000 impostors at 0.000 ... 0.999; FAR 1e-3 accepts one (0.999), FAR 1e-2 accepts ten (0.990 and above)
+    impostor = np.arange(1000) / 1000
+    genuine = np.concatenate([np.full(30, 0.9995), np.full(20, 0.9955), np.full(50, 0.5)])
+    scores = np.concatenate([genuine, impostor])
+    labels = np.concatenate([np.ones(100, int), np.zeros(1000, int)])
+    ours = pair_metrics(scores, labels)
+    assert ours["tar_at_far_0.001"] == pytest.approx(0.30)
+    assert ours["tar_at_far_0.01"] == pytest.approx(0.50)
+
+
+def test_accuracy_curve_matches_brute_force():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels, 1.0), 1)
+    thresholds, accuracy = accuracy_curve(scores, labels)
+    assert np.all(np.diff(thresholds) > 0)
+    brute = ((scores[None, :] >= thresholds[:, None]) == labels.astype(bool)).mean(1)
+    np.testing.assert_allclose(accuracy, brute)
+    assert pair_metrics(scores, labels)["best_accuracy"] == pytest.approx(brute.max())
+
+
+def test_identity_threshold_curve_matches_brute_force():
+    rng = np.random.default_rng(4)
+    truth = rng.choice(["a", "b", "c", "n000000"], 200)
+    predicted = np.where(rng.random(200) < 0.6, truth, rng.choice(["a", "b", "c"], 200))
+    similarity = np.round(rng.random(200) + (predicted == truth) * 0.3, 2)
+    thresholds, accuracy = threshold_curve(similarity, predicted, truth, "n000000")
+    accept = similarity[None, :] >= thresholds[:, None]
+    brute = np.where(accept, predicted == truth, truth == "n000000").mean(1)
+    np.testing.assert_allclose(accuracy, brute)
+    assert accuracy[0] == pytest.approx((predicted == truth).mean())  # lowest threshold accepts every match
+    assert accuracy[-1] == pytest.approx((truth == "n000000").mean())  # highest rejects all
+
+
+def test_ten_fold_accuracy():
+    rng = np.random.default_rng(6)
+    labels = np.repeat([1, 0], 3000)
+    separable = np.where(labels == 1, rng.uniform(0.6, 1.0, 6000), rng.uniform(-1.0, 0.4, 6000))
+    assert kfold_accuracy(separable, labels) == (1.0, 0.0)
+    overlapping = rng.normal(labels * 1.5, 1.0)
+    mean, std = kfold_accuracy(overlapping, labels)
+    assert mean == pytest.approx(_phi(0.75), abs=0.015)  # best threshold halfway: accuracy Phi(0.75) = 0.773
+    assert 0 < std < 0.05
+    assert mean <= pair_metrics(overlapping, labels)["best_accuracy"] + 1e-9  # unseen folds can't beat in-sample
+    noise_mean, _ = kfold_accuracy(rng.normal(size=6000), labels)
+    assert noise_mean == pytest.approx(0.5, abs=0.04)
+
+
+def test_chunked_pair_scoring_equals_the_direct_computation():
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(500, 64)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    first, second = rng.integers(0, 500, 10_007), rng.integers(0, 500, 10_007)
+    direct = (feats @ feats.T)[first, second]
+    for chunk in (1, 7, 4096, 1 << 20):
+        np.testing.assert_allclose(score_pairs(feats, first, second, chunk=chunk), direct, atol=1e-6)
+
+
+def test_identity_verify_caches_embeddings_and_writes_figures(trained_run, sample, tmp_path):
+    out = tmp_path / "ver"
+    assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+    first = json.loads((out / "verify.json").read_text())
+    layout = find_layout(sample)
+    known = sum(len(list_images(p)) for p in layout.known.iterdir() if p.is_dir())
+    images = known + len(list_images(layout.unknown_dev)) + len(list_images(layout.unknown_test))
+    assert first["embedded_images"] == images
+    caches = sorted(out.glob("embeddings_*.npz"))
+    assert [p.name for p in caches] == [
+        "embeddings_known.npz",
+        "embeddings_unknown_dev.npz",
+        "embeddings_unknown_test.npz",
+    ]
+    with np.load(out / "embeddings_known.npz") as data:
+        assert len(data["paths"]) == known
+        np.testing.assert_allclose(np.linalg.norm(data["vectors"], axis=1), 1.0, atol=1e-3)
+    mtimes = {p: p.stat().st_mtime_ns for p in caches}
+
+    # the accuracy-vs-threshold curve: thresholds ascending, its ends and maximum are the reported numbers
+    curve = pd.read_csv(first["threshold_curve_csv"])
+    assert list(curve.columns) == ["threshold", "accuracy"] and curve["threshold"].is_monotonic_increasing
+    assert curve["threshold"].is_unique and curve["accuracy"].between(0, 1).all()
+    assert curve["accuracy"].max() == pytest.approx(first["dev_accuracy"])
+    assert curve["accuracy"].iloc[0] == pytest.approx(first["dev_accuracy_no_threshold"])
+    assert curve.loc[curve["accuracy"].idxmax(), "threshold"] == pytest.approx(first["threshold"])
+    assert 0 <= first["dev_pair_eer"] <= 1 and 0 <= first["dev_pair_auc"] <= 1
+    for key in ("threshold_curve_png", "roc_png", "scores_png"):
+        _assert_png(Path(first[key]))
+
+    # second run: everything from the cache, same numbers, cache files untouched
+    assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+    second = json.loads((out / "verify.json").read_text())
+    assert second["embedded_images"] == 0
+    assert {p: p.stat().st_mtime_ns for p in caches} == mtimes
+    for key in ("dev_accuracy", "threshold", "dev_accuracy_no_threshold", "dev_pair_eer"):
+        assert second[key] == first[key]
+
+    # --no-cache embeds all again; new weights (another mtime) invalidate the cache
+    assert main(["verify", str(trained_run), "--out", str(out), "--no-cache"]) == 0
+    assert json.loads((out / "verify.json").read_text())["embedded_images"] == images
+    weights = trained_run / "best.pt"
+    stat = weights.stat()
+    try:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+        assert json.loads((out / "verify.json").read_text())["embedded_images"] == images
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # another TTA is another cache
+    assert main(["verify", str(trained_run), "--out", str(out), "--tta", "none"]) == 0
+    assert json.loads((out / "verify.json").read_text())["embedded_images"] == images
+
+
+@pytest.fixture(scope="module")
+def f24_run(sample_f24, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "f24"
+    args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run), f"data.root={sample_f24}"]
+    assert main([*args, "train.epochs=6", *TINY_MODEL, *TINY_TRAIN]) == 0
+    return run
+
+
+def test_pair_verify_reports_the_field_metrics(f24_run, sample_f24, tmp_path):
+    out = tmp_path / "ver"
+    assert main(["verify", str(f24_run), "--out", str(out)]) == 0
+    summary = json.loads((out / "verify.json").read_text())
+    layout = find_layout(sample_f24)
+    val = read_pairs(layout.val_pairs, labelled=True)
+    assert summary["dev_pairs"] == len(val) and summary["embedded_images"] > 0
+    # recompute the scores from the cached embeddings, independently of the scoring code
+    with np.load(out / "embeddings_dev.npz") as data:
+        vectors = dict(zip(data["paths"].tolist(), data["vectors"], strict=True))
+    base = layout.val_pairs.parent
+    pairs = zip(val["img1"], val["img2"], strict=True)
+    scores = np.array([vectors[str(base / a)] @ vectors[str(base / b)] for a, b in pairs])
+    labels = val["label"].astype(int).to_numpy()
+    assert summary["dev_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-5)
+    fpr, fnr, _ = det_curve(labels, scores)
+    i = int(np.argmin(np.abs(fpr - fnr)))
+    assert abs(summary["dev_eer"] - (fpr[i] + fnr[i]) / 2) <= 2 / min(labels.sum(), (1 - labels).sum())
+    for key in ("tar_at_far_0.001", "tar_at_far_0.01", "best_accuracy", "10fold_accuracy"):
+        assert 0 <= summary[f"dev_{key}"] <= 1
+    assert summary["dev_tar_at_far_0.001"] <= summary["dev_tar_at_far_0.01"]
+    assert summary["dev_best_accuracy"] >= max(labels.mean(), 1 - labels.mean())  # at least "all one class"
+    for key in ("roc_png", "scores_png"):
+        _assert_png(Path(summary[key]))
+    submission = pd.read_csv(out / "verification_submission.csv")
+    assert list(submission.columns) == ["ID", "Label"]
+    assert len(submission) == len(read_pairs(layout.test_pairs, labelled=False))
+    assert submission["Label"].between(-1.0001, 1.0001).all()
+    assert main(["verify", str(f24_run), "--out", str(out)]) == 0
+    assert json.loads((out / "verify.json").read_text())["embedded_images"] == 0
+    assert pd.read_csv(out / "verification_submission.csv").equals(submission)
