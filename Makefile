@@ -1,5 +1,6 @@
 # FaceNext: the user's door. Every target runs inside .venv, created by `make setup` when missing.
-# Variables: CONFIG (training recipe), RUN / RUNS (run folders), COMP (Kaggle slug), FILE, MSG, DATA.
+# Variables: CONFIG (training recipe), RUN / RUNS (run folders), COMP (Kaggle slug), FILE, MSG (default: names the
+# runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit), PUSH (kernel).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ RUNS ?= $(or $(shell ls -td runs/*/best.pt 2>/dev/null | head -n $(LATEST) | xar
 COMP ?= 11-785-f23-hw2p2-classification
 DATA ?= data
 FILE ?= submissions/submission.csv
-MSG ?= FaceNext $(notdir $(RUNS))
+MSG ?=
 
 .PHONY: setup demo test lint download train predict ensemble check-submission verify submit clean-demo bench
 
@@ -57,13 +58,16 @@ verify: setup
 	$(FACENEXT) verify $(RUN)
 
 submit: setup
-	$(FACENEXT) submit $(FILE) --competition $(COMP) --message "$(MSG)"
+	$(FACENEXT) submit $(FILE) --competition $(COMP) $(if $(MSG),--message "$(MSG)")
 
 clean-demo:
 	rm -rf data/sample runs/demo submissions/demo submissions/*.csv submissions/*.json
 
 bench: setup
-	$(BIN)/python scripts/bench.py --out benchmarks/results.md
+	$(BIN)/python scripts/bench.py --section throughput --out benchmarks/model.md
+	$(BIN)/python scripts/bench.py --section inference --out benchmarks/inference.md
+	$(BIN)/python scripts/bench.py --section verify --out benchmarks/verify.md
+	$(BIN)/python scripts/bench.py --section data --out benchmarks/data.md
 
 # A Kaggle notebook that trains CONFIG on Kaggle's GPU: `make kernel CONFIG=... [PUSH=1]` (kernels/facenext-<name>/).
 .PHONY: kernel

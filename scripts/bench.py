@@ -32,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from facenext.models import count_parameters, create_model, fuse_batchnorm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import cpu_model
+
 NUM_CLASSES = 7001
 DROP_PATH = 0.5
 
@@ -288,16 +291,6 @@ def build_contenders() -> list[Contender]:
     ]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     contenders = build_contenders()
@@ -508,7 +501,6 @@ def run_inference(args: argparse.Namespace) -> str:
 
 def _run_data(args: argparse.Namespace) -> str:
     """The data-pipeline section (decoding + augmentation per worker), kept in its own script."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_data import run_data
 
     return run_data(args)

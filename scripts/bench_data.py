@@ -124,7 +124,7 @@ def run_data(args: argparse.Namespace) -> str:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"albumentations {albumentations.__version__}, OpenCV {cv2.__version__}, Pillow {PIL.__version__}",
-        f"- CPU: {_cpu()}; one thread (torch and OpenCV), in-process loop over the Dataset (num_workers=0), which "
+        f"- CPU: {cpu_model()}; one thread (torch and OpenCV), in-process loop over the Dataset (num_workers=0), which "
         "is what each DataLoader worker does",
         f"- {len(paths)} synthetic {source}x{source} JPEG faces (`write_sample_competition(..., size={source})`); "
         f"the seed's augmentation list in both pipelines; {reps} timed rounds after one warm-up round, pipelines "
@@ -156,7 +156,7 @@ def run_data(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cpu() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

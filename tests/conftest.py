@@ -9,6 +9,8 @@ import pytest
 from facenext.cli import main
 from facenext.data.sample import write_sample_competition
 
+from .fake_kaggle import FakeKaggle
+
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT.parent / "shared" / "data" / "orl_faces"
 
@@ -42,3 +44,17 @@ def trained_run(sample, tmp_path_factory) -> Path:
     )
     assert code == 0
     return run
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A fake Kaggle API on 127.0.0.1 that the real ``kaggle`` client talks to (see fake_kaggle.py)."""
+    fake = FakeKaggle()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake(server):
+    server.reset()
+    return server

@@ -16,23 +16,9 @@ from facenext.data.layout import find_layout
 from facenext.data.sample import write_sample_competition
 from facenext.submission import classification_ids
 
-from .fake_kaggle import FakeKaggle
 from .test_cli import assert_user_error
 
 SLUG = "my-comp"
-
-
-@pytest.fixture(scope="module")
-def server():
-    fake = FakeKaggle()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def fake(server):
-    server.reset()
-    return server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from facenext.data.sample import write_sample_competition
 from facenext.errors import UserError
 from facenext.kernel import build_bundle, kaggle_username
 
-from .fake_kaggle import FakeKaggle
 from .test_cli import assert_user_error
 from .test_kaggle import run
 
@@ -26,19 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 SLUG = "my-comp"
 TINY = ["train.epochs=2", "data.image_size=48"]
-
-
-@pytest.fixture(scope="module")
-def server():
-    fake = FakeKaggle()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def fake(server):
-    server.reset()
-    return server
 
 
 @pytest.fixture(scope="module")

@@ -361,7 +361,7 @@ def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[
         )
         labels = np.where(similarity >= threshold, predicted, term.no_match) if term.no_match else predicted
         path = out / "verification_submission.csv"
-        write_submission(path, {"id": ids, "label": labels})
+        write_submission(path, {"id": ids, "label": labels}, layout=layout, kind="verification")
         summary["submission"] = str(path)
         print(f"wrote {path} ({len(ids)} rows)")
     return summary
@@ -404,7 +404,8 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, 
         test = read_pairs(layout.test_pairs, labelled=False)
         path = out / "verification_submission.csv"
         id_col, score_col = layout.term.pair_header
-        write_submission(path, {id_col: range(len(test)), score_col: pair_scores(cache, "test", base, test)})
+        scores = pair_scores(cache, "test", base, test)
+        write_submission(path, {id_col: range(len(test)), score_col: scores}, layout=layout, kind="verification")
         summary["submission"] = str(path)
         print(f"wrote {path} ({len(test)} rows)")
     return summary
