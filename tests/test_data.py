@@ -232,3 +232,18 @@ def test_preview_png(tmp_path):
     left, right = grid[:40, :40], grid[:40, 40:80]
     assert left.std() > 10 and np.abs(left - right).mean() > 1  # a real image, and augmentation changed it
     assert (grid[40:, 2 * 2 * 40 :] == 255).all()  # the unused cells of the last row stay white
+
+
+@pytest.mark.parametrize("preset", ["seed", "randaug", "light", "none"])
+def test_every_augmentation_preset_gives_normalised_tensors(preset):
+    from facenext.data.transforms import train_transform
+
+    image = np.asarray(Image.new("RGB", (96, 96), (200, 120, 60)))
+    image = image.copy()
+    image[30:60, 20:50] = (20, 40, 220)  # something to move around
+    transform = train_transform(preset, 48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    transform.set_random_seed(0)
+    outputs = [transform(image=image)["image"] for _ in range(6)]
+    assert all(o.shape == (3, 48, 48) and o.dtype == torch.float32 for o in outputs)
+    changed = sum(not torch.equal(outputs[0], o) for o in outputs[1:])
+    assert (changed == 0) == (preset == "none")

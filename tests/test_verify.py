@@ -224,3 +224,20 @@ def test_pair_verify_reports_the_field_metrics(f24_run, sample_f24, tmp_path):
     assert main(["verify", str(f24_run), "--out", str(out)]) == 0
     assert json.loads((out / "verify.json").read_text())["embedded_images"] == 0
     assert pd.read_csv(out / "verification_submission.csv").equals(submission)
+
+
+def test_s22_pairs_from_csv_files_are_scored_into_id_match(tmp_path):
+    from facenext.data.sample import write_sample_competition
+
+    data = tmp_path / "s22"
+    write_sample_competition(data, "s22", identities=4, images_per_identity=8, size=48, seed=3)
+    run = tmp_path / "run"
+    args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run), f"data.root={data}"]
+    assert main([*args, "train.epochs=1", *TINY_MODEL, *TINY_TRAIN]) == 0
+    assert main(["verify", str(run), "--out", str(tmp_path / "verify")]) == 0
+    summary = json.loads((tmp_path / "verify" / "verify.json").read_text())
+    dev = pd.read_csv(find_layout(data).val_pairs)
+    assert summary["dev_pairs"] == len(dev) and 0 <= summary["dev_auc"] <= 1
+    submission = pd.read_csv(tmp_path / "verify" / "verification_submission.csv")
+    assert list(submission.columns) == ["id", "match"]
+    assert len(submission) == len(pd.read_csv(find_layout(data).test_pairs))

@@ -23,7 +23,7 @@ class DataConfig:
     root: str = "data/sample"  # data folder holding the competition (or the competition folder itself)
     term: str = "auto"  # competition term (f23, f24, ...) or auto-detect from the folder layout
     image_size: int = 112  # training and inference resolution
-    augment: str = "seed"  # augmentation preset: seed, light or none
+    augment: str = "seed"  # augmentation preset: seed, randaug, light or none
     mean: tuple[float, float, float] = FACE_MEAN
     std: tuple[float, float, float] = FACE_STD
     num_workers: int = 4  # DataLoader worker processes; 0 loads in the main process

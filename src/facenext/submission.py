@@ -186,6 +186,7 @@ def check_submission(
         if layout.test_pairs is None:
             raise UserError(f"no test pairs ({layout.term.test_pairs}) found under {layout.root}")
         pairs = sum(1 for line in layout.test_pairs.read_text().splitlines() if line.strip())
+        pairs -= layout.term.pairs_csv  # S22's CSV starts with a header line
         _check_rows(frame, [str(i) for i in range(pairs)], name, "test pairs")
         scores = pd.to_numeric(frame[header[1]], errors="coerce").to_numpy(dtype=float)
         if not np.isfinite(scores).all():

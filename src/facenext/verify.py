@@ -367,11 +367,18 @@ def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[
     return summary
 
 
-def read_pairs(path: Path, labelled: bool) -> pd.DataFrame:
+def read_pairs(path: Path, labelled: bool, csv: bool = False) -> pd.DataFrame:
+    """Pairs as columns img1, img2 (and label): space-separated lines (F24 on), or S22's CSV with a header."""
     columns = ["img1", "img2", "label"] if labelled else ["img1", "img2"]
-    frame = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype=str)
+    if csv:
+        frame = pd.read_csv(path, dtype=str)
+        if frame.shape[1] < len(columns):
+            raise UserError(f"{path}: expected columns like img_path1,img_path2{',gt' if labelled else ''}")
+        frame = frame.iloc[:, : len(columns)].set_axis(columns, axis=1)
+    else:
+        frame = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype=str)
     if frame.isna().any().any():
-        raise UserError(f"{path}: every line must hold {len(columns)} space-separated fields")
+        raise UserError(f"{path}: every line must hold {len(columns)} fields")
     return frame
 
 
@@ -388,7 +395,7 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, 
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
     base = layout.val_pairs.parent
     summary: dict[str, Any] = {}
-    val = read_pairs(layout.val_pairs, labelled=True)
+    val = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
     scores = pair_scores(cache, "dev", base, val)
     labels = val["label"].astype(int).to_numpy()
     metrics = pair_metrics(scores, labels)
@@ -401,7 +408,7 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, 
         f"best accuracy {metrics['best_accuracy']:.4f}{folds} ({len(val)} pairs)"
     )
     if layout.test_pairs is not None:
-        test = read_pairs(layout.test_pairs, labelled=False)
+        test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
         path = out / "verification_submission.csv"
         id_col, score_col = layout.term.pair_header
         scores = pair_scores(cache, "test", base, test)
