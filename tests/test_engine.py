@@ -1,5 +1,6 @@
 """The training engine, for real: kill and resume, stops, non-finite losses, EMA, mixup, averaging, DDP."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -89,7 +90,7 @@ def test_killed_and_stopped_runs_resume_to_the_same_weights(sample, tmp_path):
 
 def test_time_limit_stops_with_a_checkpoint(sample, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(train_args(sample, run, "train.epochs=2", "train.time_limit_h=0.0000001")) == 0
+    assert main(train_args(sample, run, "train.epochs=2", "train.time_limit=0.0000001")) == 0
     assert "stopped (time limit)" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped"] == "time limit" and not summary["complete"]
@@ -152,3 +153,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, 
     ddp = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
     assert ddp["train_loss"].tolist() == pytest.approx(single["train_loss"].tolist(), rel=1e-4)
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["processes"] == 2
+
+
+def test_asking_for_a_tracker_that_is_not_installed_is_a_user_error(sample, tmp_path, capsys):
+    if importlib.util.find_spec("tensorboard") is None:
+        assert main(train_args(sample, tmp_path / "run", "train.epochs=1", "train.log_to=[tensorboard]")) == 2
+        assert "pip install tensorboard" in capsys.readouterr().err
+    assert main(train_args(sample, tmp_path / "run2", "train.epochs=1", "train.log_to=[mlflow]")) == 2
+    assert "unknown logger 'mlflow'" in capsys.readouterr().err

@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     keep_top_k: int = 3  # epoch checkpoints kept (best dev accuracy) for `facenext average`
     recovery_minutes: float = 20.0  # mid-epoch recovery checkpoint interval (0: only at epoch ends)
-    time_limit_h: float | None = None  # stop cleanly with a checkpoint after this long (Kaggle: 11.5 h by default)
+    time_limit: float | None = None  # hours; stop cleanly with a checkpoint after this long (Kaggle: 11.5 by default)
     max_bad_steps: int = 20  # stop after this many non-finite losses in a row
     init_from: str | None = None  # start from another run's weights (e.g. fine-tuning), classifier re-made if needed
     log_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, when installed

@@ -250,8 +250,8 @@ class StopRequest:
 
 
 def default_time_limit(config: Config) -> float | None:
-    if config.train.time_limit_h is not None:
-        return config.train.time_limit_h
+    if config.train.time_limit is not None:
+        return config.train.time_limit
     return KAGGLE_TIME_LIMIT_H if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else None
 
 
@@ -339,6 +339,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "batch": self.batch_in_epoch,
             "step": self.step,
@@ -386,6 +387,9 @@ class Trainer:
             self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        # An extended run (more train.epochs) keeps the schedule built for its new length; otherwise restore it.
+        if "scheduler" in state and state["config"]["train"]["epochs"] == self.config.train.epochs:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
         self.epoch_stats, self.skipped = list(state["epoch_stats"]), state["skipped"]
         self.best_acc, self.best_source = state["best_acc"], state["best_source"]
