@@ -12,6 +12,7 @@ import torch
 
 from facenext.engine.checkpoint import load_checkpoint
 
+from . import test_cli
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
 
 CONFIG = str(ROOT / "configs" / "demo.yaml")
@@ -133,12 +134,7 @@ def test_kaggle_credentials_never_reach_run_folders_or_logs(sample, tmp_path):
 
 
 def assert_user_error(result, *words):
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "warning" not in line]
-    assert len(lines) == 1 and lines[0].startswith("facenext: error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+    test_cli.assert_user_error(result, *words, allow_warnings=True)
 
 
 def copy_competition(sample, tmp_path):
