@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import Config
-from .data.datasets import FaceImages, load_rgb
+from .data.datasets import DECODE_ERRORS, FaceImages, load_rgb
 from .data.transforms import eval_transform
 from .device import amp_dtype, autocast, resolve_device
 from .engine.checkpoint import load_checkpoint
@@ -185,7 +184,7 @@ class _Images(FaceImages):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
         try:
             image = load_rgb(self.paths[index], self.size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # PIL's errors for broken files
+        except DECODE_ERRORS:
             return torch.zeros(3, self.size, self.size), False
         return self.transform(image=image)["image"], True
 

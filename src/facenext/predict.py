@@ -41,8 +41,9 @@ def check_classes(run_classes: list[str], layout: Layout, run_dir: Path) -> None
     data_classes = list_classes(layout.train)
     if data_classes == run_classes:
         return
-    missing = [c for c in run_classes if c not in set(data_classes)]
-    extra = [c for c in data_classes if c not in set(run_classes)]
+    run_set, data_set = set(run_classes), set(data_classes)
+    missing = [c for c in run_classes if c not in data_set]
+    extra = [c for c in data_classes if c not in run_set]
     if missing or extra:
         parts = [
             f"{len(missing)} of its classes are not in {layout.train}" + (f" (e.g. {missing[0]})" if missing else "")

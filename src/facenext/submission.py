@@ -208,8 +208,3 @@ def check_submission(
             )
     else:
         raise UserError(f"unknown submission kind {kind!r}: use one of {', '.join(KINDS)}")
-
-
-def check_classification_submission(path: Path, layout: Layout, num_classes: int) -> None:
-    """Header ``id,label``, one row per test image in the sample's order, labels in [0, num_classes)."""
-    check_submission(path, layout, "classification", num_classes)
