@@ -69,6 +69,12 @@ bench: setup
 	$(BIN)/python scripts/bench.py --section verify --out benchmarks/verify.md
 	$(BIN)/python scripts/bench.py --section data --out benchmarks/data.md
 
+# On a CUDA machine: the model section with bf16 autocast (fp16 where unsupported), channels-last and torch.compile.
+.PHONY: bench-gpu
+bench-gpu: setup
+	$(BIN)/python scripts/bench.py --section throughput --device cuda --amp --compile --train-batch 256 \
+		--train-batch-large 128 --infer-batch 512 --out benchmarks/model_gpu.md
+
 # A Kaggle notebook that trains CONFIG on Kaggle's GPU: `make kernel CONFIG=... [PUSH=1]` (kernels/facenext-<name>/).
 .PHONY: kernel
 kernel: setup

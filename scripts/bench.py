@@ -30,6 +30,7 @@ from torch.nn import init
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from facenext.device import amp_dtype, autocast, resolve_device
 from facenext.models import count_parameters, create_model, fuse_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +41,7 @@ DROP_PATH = 0.5
 
 # ---------------------------------------------------------------------------------------------------------------
 # The seed's implementation (shared/seed/ConvNext.md, "Implementation"), copied as written. Only its globals are
-# replaced: config['truncated_normal_mean'/'_std'] by the constants below and DEVICE by the CPU. Its x.clone() and
+# replaced: config['truncated_normal_mean'/'_std'] by the constants below and DEVICE by --device. Its x.clone() and
 # its drop-path schedule (a linspace over sum(channel_list), indexed by i+j) are kept on purpose.
 # ---------------------------------------------------------------------------------------------------------------
 TRUNCATED_NORMAL_MEAN = 0.0
@@ -238,10 +239,23 @@ class Network(torch.nn.Module):
 
 
 class Contender:
-    """One model under test with its own optimizer and memory format."""
+    """One model under test with its own optimizer, memory format, device and autocast dtype."""
 
-    def __init__(self, key: str, label: str, model: nn.Module, channels_last: bool, fuse: bool = False) -> None:
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        model: nn.Module,
+        channels_last: bool,
+        fuse: bool = False,
+        device: torch.device = torch.device("cpu"),
+        dtype: torch.dtype | None = None,
+        compile_model: bool = False,
+    ) -> None:
         self.key, self.label, self.channels_last = key, label, channels_last
+        self.device, self.dtype = device, dtype
+        self.parameters = count_parameters(model)
+        model = model.to(device)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         # Our inference path (facenext.inference.load_run) folds BatchNorm into the convolutions; timing needs no
         # trained weights, so a copy folded once stands for it.
@@ -250,7 +264,8 @@ class Contender:
             self.infer_model = copy.deepcopy(self.model).eval()
             fuse_batchnorm(self.infer_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
-        self.parameters = count_parameters(model)
+        if compile_model:
+            self.model, self.infer_model = torch.compile(self.model), torch.compile(self.infer_model)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
@@ -258,18 +273,20 @@ class Contender:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.prepare(x)), y, label_smoothing=0.1)
+        with autocast(self.device, self.dtype):
+            loss = F.cross_entropy(self.model(self.prepare(x)), y, label_smoothing=0.1)
         loss.backward()
         self.optimizer.step()
 
     def infer(self, x: torch.Tensor) -> None:
         self.infer_model.eval()
-        with torch.no_grad():
+        with torch.inference_mode(), autocast(self.device, self.dtype):  # as facenext.inference runs every model
             self.infer_model(self.prepare(x))
 
 
-def build_contenders() -> list[Contender]:
+def build_contenders(device: torch.device, dtype: torch.dtype | None, compiled: bool) -> list[Contender]:
     torch.manual_seed(0)
+    on = {"device": device, "dtype": dtype}
 
     def ours() -> nn.Module:
         return create_model("lean", NUM_CLASSES, drop_path_rate=DROP_PATH)
@@ -283,17 +300,37 @@ def build_contenders() -> list[Contender]:
         num_classes=NUM_CLASSES,
         drop_path_rate=DROP_PATH,
     )
-    return [
-        Contender("ours", "ours (channels-last)", ours(), channels_last=True, fuse=True),
-        Contender("ours_nchw", "ours (contiguous)", ours(), channels_last=False, fuse=True),
-        Contender("seed", "seed", Network(num_classes=NUM_CLASSES, drop_rate=DROP_PATH), channels_last=False),
-        Contender("timm", "timm ConvNeXt", timm_model, channels_last=False),
+    contenders = [
+        Contender("ours", "ours (channels-last)", ours(), channels_last=True, fuse=True, **on),
+        Contender("ours_nchw", "ours (contiguous)", ours(), channels_last=False, fuse=True, **on),
+        Contender("seed", "seed", Network(num_classes=NUM_CLASSES, drop_rate=DROP_PATH), channels_last=False, **on),
+        Contender("timm", "timm ConvNeXt", timm_model, channels_last=False, **on),
     ]
+    if compiled:
+        contenders.append(
+            Contender("compiled", "ours (channels-last, torch.compile)", ours(), True, True, compile_model=True, **on)
+        )
+    return contenders
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
-    contenders = build_contenders()
+    device = resolve_device(args.device)
+    dtype = amp_dtype(device, args.amp)
+    global DEVICE  # the seed's DropPath draws its mask on the global DEVICE
+    DEVICE = device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    contenders = build_contenders(device, dtype, args.compile)
     # (label, mode, image size, batch)
     tasks = [
         ("train", args.small, args.train_batch),
@@ -303,7 +340,10 @@ def run(args: argparse.Namespace) -> str:
     ]
     gen = torch.Generator().manual_seed(0)
     inputs = {
-        (size, batch): (torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, NUM_CLASSES, (batch,)))
+        (size, batch): (
+            torch.randn(batch, 3, size, size, generator=gen).to(device),
+            torch.randint(0, NUM_CLASSES, (batch,)).to(device),
+        )
         for _, size, batch in tasks
     }
     times: dict[tuple[int, str], list[float]] = {}
@@ -313,9 +353,11 @@ def run(args: argparse.Namespace) -> str:
             x, y = inputs[size, batch]
             for c in contenders:
                 step: Callable[[], None] = partial(c.train_step, x, y) if mode == "train" else partial(c.infer, x)
+                synchronize(device)
                 tic = time.perf_counter()
                 for _ in range(args.iters):
                     step()
+                synchronize(device)
                 elapsed = (time.perf_counter() - tic) / args.iters
                 if rep >= args.warmup:
                     times.setdefault((t, c.key), []).append(batch / elapsed)
@@ -331,11 +373,12 @@ def run(args: argparse.Namespace) -> str:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
         f"- CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}",
+        f"- device: {device_name(device)}; autocast: {str(dtype).replace('torch.', '') if dtype else 'off (float32)'}",
         f"- {args.warmup} warm-up round(s) then {args.reps} repetitions, models interleaved round-robin in one "
         f"process, {args.iters} step(s) per measurement; medians in images/s (min-max in the second table); "
         f"total {total:.0f} s",
         f"- training: forward + backward + AdamW step, cross-entropy, drop-path rate {DROP_PATH} for every model "
-        "(the seed as it wrote its schedule); inference: eval mode, no_grad; "
+        "(the seed as it wrote its schedule); inference: eval mode, inference_mode; "
         "our model with BatchNorm folded into its convolutions, as `facenext predict` runs it",
         "- parameters: " + ", ".join(f"{c.label} {c.parameters:,}" for c in contenders if c.key != "ours_nchw"),
         "",
@@ -343,12 +386,17 @@ def run(args: argparse.Namespace) -> str:
         "| channels-last/contiguous |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    compiled = any(c.key == "compiled" for c in contenders)
+    if compiled:
+        lines[-2] += " compiled | compiled/ours |"
+        lines[-1] += "---:|---:|"
     for t, (mode, size, batch) in enumerate(tasks):
         m = {c.key: med[t, c.key] for c in contenders}
         lines.append(
             f"| {mode} {size} px, batch {batch} | {m['ours']:.1f} | {m['ours_nchw']:.1f} | {m['seed']:.1f} | "
             f"{m['timm']:.1f} | {m['ours'] / m['seed']:.2f}x | {m['ours'] / m['timm']:.2f}x | "
             f"{m['ours'] / m['ours_nchw']:.2f}x |"
+            + (f" {m['compiled']:.1f} | {m['compiled'] / m['ours']:.2f}x |" if compiled else "")
         )
     lines += ["", "Spread (min-max images/s over the repetitions):", ""]
     lines += ["| task | " + " | ".join(c.label for c in contenders) + " |", "|---|" + "---:|" * len(contenders)]
@@ -519,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-batch-large", type=int, default=16)
     parser.add_argument("--infer-batch", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (throughput)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (fp16 where unsupported) on CUDA")
+    parser.add_argument("--compile", action="store_true", help="add our model under torch.compile (throughput)")
     parser.add_argument(
         "--section",
         choices=("throughput", "verify", "inference", "data"),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import functional as TF
 
 from facenext.cli import main
 from facenext.config import load_config
@@ -18,7 +20,7 @@ from facenext.data.check import check_data
 from facenext.data.datasets import FaceImages, image_folder, load_rgb
 from facenext.data.layout import find_layout, list_classes, list_images, read_labels
 from facenext.data.sample import write_sample_competition
-from facenext.data.transforms import train_transform
+from facenext.data.transforms import BatchToModel, FaceAugment, _about_centre, colour_matrix, train_transform
 from facenext.engine.train import load_data
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
@@ -134,7 +136,7 @@ def test_corrupt_image_is_replaced_deterministically_and_counted(tmp_path, capsy
     paths, labels = image_folder(layout.train, list_classes(layout.train))
     paths[1].write_bytes(b"not an image at all")
     paths[5].write_bytes(paths[5].read_bytes()[:150])
-    dataset = FaceImages(paths, labels, train_transform("seed", 32, MEAN, STD), 32)
+    dataset = FaceImages(paths, labels, train_transform("seed", 32, MEAN), 32)
     samples = [dataset[(0, 0, i)] for i in range(len(dataset))]  # no crash
     assert dataset.bad == {paths[1], paths[5]}
     assert [label for _, label in samples] == [labels[2 if i == 1 else 6 if i == 5 else i] for i in range(len(paths))]
@@ -172,7 +174,7 @@ def test_decoded_cache_matches_decoding_and_rebuilds_on_change(tmp_path, capsys)
     layout = find_layout(root)
     paths, labels = image_folder(layout.train, list_classes(layout.train))
     paths[3].write_bytes(b"garbage")
-    tf = train_transform("seed", 48, MEAN, STD)
+    tf = train_transform("seed", 48, MEAN)
     plain = FaceImages(paths, labels, tf, 48)
     cached = FaceImages(paths, labels, tf, 48)
     cache = attach_cache(cached, tmp_path / "cache")
@@ -204,7 +206,7 @@ def test_load_data_with_cache_config(tmp_path):
     assert data.train.cache is not None and data.dev.cache is not None
     assert data.train.cache.array.shape == (9, 24, 24, 3) and data.dev.cache.array.shape == (3, 24, 24, 3)
     image, label = data.train[(0, 0, 4)]
-    assert image.shape == (3, 24, 24) and label == data.train.labels[4]
+    assert image.shape == (24, 24, 3) and image.dtype == torch.uint8 and label == data.train.labels[4]
 
 
 def test_preview_png(tmp_path):
@@ -235,15 +237,92 @@ def test_preview_png(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["seed", "randaug", "light", "none"])
-def test_every_augmentation_preset_gives_normalised_tensors(preset):
-    from facenext.data.transforms import train_transform
-
-    image = np.asarray(Image.new("RGB", (96, 96), (200, 120, 60)))
-    image = image.copy()
+def test_every_augmentation_preset_gives_uint8_images(preset):
+    image = np.asarray(Image.new("RGB", (96, 96), (200, 120, 60))).copy()
     image[30:60, 20:50] = (20, 40, 220)  # something to move around
-    transform = train_transform(preset, 48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    transform = train_transform(preset, 48, MEAN)
     transform.set_random_seed(0)
     outputs = [transform(image=image)["image"] for _ in range(6)]
-    assert all(o.shape == (3, 48, 48) and o.dtype == torch.float32 for o in outputs)
-    changed = sum(not torch.equal(outputs[0], o) for o in outputs[1:])
+    assert all(o.shape == (48, 48, 3) and o.dtype == np.uint8 for o in outputs)
+    changed = sum(not np.array_equal(outputs[0], o) for o in outputs[1:])
     assert (changed == 0) == (preset == "none")
+
+
+def test_erasing_fills_with_the_mean_colour():
+    white = np.full((32, 32, 3), 255, np.uint8)
+    transform = train_transform("seed", 32, MEAN)
+    fill = np.array([round(255 * m) for m in MEAN], np.uint8)
+    erased = 0
+    for seed in range(20):
+        transform.set_random_seed(seed)
+        out = transform(image=white)["image"]
+        patch = (out == fill).all(axis=2)
+        erased += patch.sum() >= 0.04 * 32 * 32  # a box of 5-10 % of the image, not a stray grey edge pixel
+        assert patch.sum() <= 0.1 * 32 * 32 + 12
+    assert 2 <= erased <= 12  # p=0.3 of 20
+
+
+def test_colour_matrix_is_torchvisions_jitter_in_any_order():
+    """One colour matrix equals torchvision's brightness, contrast and saturation adjustments, whatever their order."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(70, 180, (32, 32, 3), dtype=np.uint8)  # mid-range: no clipping in between
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    adjust = {"b": TF.adjust_brightness, "c": TF.adjust_contrast, "s": TF.adjust_saturation}
+    for b, c, s in [(1.16, 0.85, 1.1), (0.84, 1.15, 0.9), (1.0, 1.0, 1.0)]:
+        ours = cv2.transform(image, colour_matrix(image, b, c, s))
+        for order in ("bcs", "scb", "csb"):
+            expected = tensor
+            for op in order:
+                expected = adjust[op](expected, {"b": b, "c": c, "s": s}[op])
+            expected = (expected * 255).permute(1, 2, 0).numpy()
+            assert np.abs(ours.astype(float) - expected).max() <= 1.0, (b, c, s, order)
+
+
+def test_face_augment_geometry_matches_torchvision():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[10:30, 12:24] = (255, 200, 0)  # an off-centre block: any wrong direction or centre shows
+    image[40:50, 30:60] = (0, 90, 255)
+    flip_only = FaceAugment(flip=1.0)
+    assert np.array_equal(
+        flip_only.apply(image, **flip_only.get_params_dependent_on_data({"shape": image.shape}, {})), image[:, ::-1]
+    )
+    for angle, zoom, shift in [(30.0, 1.0, (0, 0)), (-18.0, 1.1, (6, -4))]:
+        params = {"factors": (1.0, 1.0, 1.0), "matrix": _about_centre(angle, zoom, shift, 64, 64), "perspective": False}
+        ours = FaceAugment().apply(image, **params).astype(float)
+        theirs = TF.affine(
+            torch.from_numpy(image).permute(2, 0, 1),
+            -angle,  # torchvision's affine turns clockwise, its rotate (and OpenCV) counter-clockwise
+            list(shift),
+            zoom,
+            [0.0, 0.0],
+            interpolation=TF.InterpolationMode.BILINEAR,
+        )
+        theirs = theirs.permute(1, 2, 0).numpy().astype(float)
+        # Same placement; the two bilinear kernels differ by a few levels at edges.
+        assert np.abs(ours - theirs).mean() < 4 and np.abs(ours - theirs).max() < 140, (angle, zoom, shift)
+
+
+def test_perspective_moves_corners_inwards_by_at_most_the_distortion():
+    white = np.full((40, 40, 3), 255, np.uint8)
+    augment = FaceAugment(flip=0.0, perspective=0.2, perspective_p=1.0)
+    augment.set_random_seed(3)
+    for _ in range(10):
+        out = augment.apply(white, **augment.get_params_dependent_on_data({"shape": white.shape}, {}))
+        corners = [out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]]
+        assert sum(int(c.max()) < 128 for c in corners) >= 3  # corners pulled in leave black behind
+        assert (out[4:-4, 4:-4] == 255).all()  # 0.2 of half the side is 4 px: the middle is untouched
+
+
+def test_batch_to_model_normalises_on_the_device_layout_intact():
+    rng = np.random.default_rng(1)
+    batch = torch.from_numpy(rng.integers(0, 256, (2, 8, 6, 3), dtype=np.uint8))
+    batch[0, :2, :2] = torch.tensor([round(255 * m) for m in MEAN], dtype=torch.uint8)  # an erased patch
+    expected = (batch.permute(0, 3, 1, 2).double() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        STD
+    ).view(1, 3, 1, 1)
+    for channels_last in (True, False):
+        x = BatchToModel(MEAN, STD, "cpu", channels_last)(batch)
+        assert x.shape == (2, 3, 8, 6) and x.dtype == torch.float32
+        assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert torch.allclose(x.double(), expected, atol=1e-5)
+    assert x[0, :, :2, :2].abs().max() < 0.01  # the mean colour is zero, as torchvision's RandomErasing leaves it

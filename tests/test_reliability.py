@@ -48,7 +48,7 @@ def same_weights(a, b):
 
 
 def test_ten_kills_at_random_moments_resume_to_the_uninterrupted_weights(sample, tmp_path):
-    extra = [*DETERMINISTIC, "train.epochs=3", "model.drop_path_rate=0.1"]
+    extra = [*DETERMINISTIC, "train.epochs=6", "model.drop_path_rate=0.1"]
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert facenext(train_args(sample, reference, *extra)).returncode == 0
     rng = random.Random(0)

@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import Config
-from .data.datasets import DECODE_ERRORS, FaceImages, load_rgb
-from .data.transforms import eval_transform
+from .data.datasets import DECODE_ERRORS, FaceImages, image_tensor, load_rgb
+from .data.transforms import BatchToModel, eval_transform
 from .device import amp_dtype, autocast, resolve_device
 from .engine.checkpoint import load_checkpoint
-from .engine.train import build_model, load_run_config, to_device
+from .engine.train import build_model, load_run_config
 from .errors import UserError
 from .models import fuse_batchnorm
 
@@ -185,17 +185,17 @@ class _Images(FaceImages):
         try:
             image = load_rgb(self.paths[index], self.size)
         except DECODE_ERRORS:
-            return torch.zeros(3, self.size, self.size), False
-        return self.transform(image=image)["image"], True
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), False
+        return image_tensor(self.transform(image=image)["image"]), True
 
 
 def image_loader(run: LoadedRun, paths: list[Path], batch_size: int) -> DataLoader:
     d = run.config.data
-    dataset = _Images(paths, None, eval_transform(d.image_size, d.mean, d.std), d.image_size)
+    dataset = _Images(paths, None, eval_transform(d.image_size), d.image_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=d.num_workers, pin_memory=run.device.type == "cuda")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def infer(
     run: LoadedRun,
     paths: list[Path],
@@ -213,7 +213,9 @@ def infer(
     if merge not in MERGES:
         raise UserError(f"unknown merge {merge!r}: use one of {', '.join(MERGES)}")
     views = parse_tta(tta)
-    size = run.config.data.image_size
+    d = run.config.data
+    size, channels_last = d.image_size, run.config.train.channels_last
+    to_model = BatchToModel(d.mean, d.std, run.device, channels_last)
     merged, predictions, failed = [], [], []
     start = 0
     for images, ok in image_loader(run, paths, batch_size):
@@ -222,11 +224,11 @@ def infer(
             raise UserError(f"cannot read image {paths[start + bad[0]]}: replace the file, or predict with --fill")
         failed += [start + i for i in bad]
         start += len(images)
-        images = to_device(images, run.device, channels_last=False)
+        images = to_model(images)
         outputs = []
         for view in views:
             x = apply_view(images, view, size)
-            if run.config.train.channels_last:
+            if channels_last:  # crops and resizes may have changed the layout
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(run.device, run.dtype):
                 outputs.append(run.model(x, return_feats=return_feats).float())

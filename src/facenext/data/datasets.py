@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,6 +43,16 @@ def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """A transform's uint8 HWC output as a tensor over writable, contiguous memory.
+
+    A pipeline that changes nothing may return its input, which can be a read-only view of a decoded file.
+    """
+    if not image.flags.writeable or not image.flags.c_contiguous:
+        image = np.array(image, order="C")
+    return torch.from_numpy(image)
+
+
 def image_folder(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
     """Paths and class indices of a folder-per-identity split, indexed by ``classes`` (the train folder order)."""
     index = {name: i for i, name in enumerate(classes)}
@@ -79,7 +90,9 @@ def labelled_split(folder: Path, index: dict[str, int]) -> tuple[list[Path], lis
 
 
 class FaceImages(Dataset):
-    """Images with integer labels (``-1`` where unknown).
+    """Images as uint8 tensors (height x width x 3; ``BatchToModel`` normalises batches) with integer labels.
+
+    Labels are ``-1`` where unknown.
 
     Indexed by ``(seed, epoch, index)`` from ``SeededSampler``, the augmentation of every sample depends on those
     numbers alone: the same in any worker process, after a resume, and with any number of workers.
@@ -111,14 +124,17 @@ class FaceImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         if isinstance(key, tuple):
             seed, epoch, index = key
-            self.transform.set_random_seed(int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]))
+            state = int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+            # One pair of generators shared by every transform: seeding each transform separately costs more than
+            # some of the transforms themselves.
+            self.transform.set_random_state(np.random.default_rng(state), random.Random(state))
         else:
             index = key
         for offset in range(len(self.paths)):
             i = (index + offset) % len(self.paths)
             image = self._decode(i)
             if image is not None:
-                return self.transform(image=image)["image"], self.labels[i]
+                return image_tensor(self.transform(image=image)["image"]), self.labels[i]
         raise UserError(f"none of the {len(self.paths)} images (e.g. {self.paths[0]}) can be decoded")
 
     def _decode(self, index: int) -> np.ndarray | None:

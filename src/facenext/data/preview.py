@@ -1,7 +1,7 @@
 """`facenext preview CONFIG`: a PNG grid of augmented training images beside their originals.
 
 Each cell pair shows a training image as the model would see it without augmentation (resized to the training
-size) and, to its right, the same image through the config's training augmentation (denormalised).
+size) and, to its right, the same image through the config's training augmentation.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ from .transforms import eval_transform, train_transform
 PAIRS_PER_ROW = 4
 
 
-def _to_uint8(tensor, mean, std) -> np.ndarray:
-    image = tensor.numpy().transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
-    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-
-
 def preview_grid(config: Config, n: int = 16) -> np.ndarray:
     """``ceil(n / 4)`` rows of up to 4 (original, augmented) pairs, each image ``image_size`` pixels square."""
     if n < 1:
@@ -33,10 +28,10 @@ def preview_grid(config: Config, n: int = 16) -> np.ndarray:
     layout = find_layout(d.root, d.term)
     paths, labels = image_folder(layout.train, list_classes(layout.train))
     try:
-        augmented = FaceImages(paths, labels, train_transform(d.augment, size, d.mean, d.std), size)
+        augmented = FaceImages(paths, labels, train_transform(d.augment, size, d.mean), size)
     except ValueError as e:
         raise UserError(f"{e} (data.augment)") from None
-    plain = eval_transform(size, d.mean, d.std)
+    plain = eval_transform(size)
     picks = np.random.default_rng(config.train.seed).permutation(len(paths))[:n]
     per_row = min(len(picks), PAIRS_PER_ROW)
     rows = -(-len(picks) // per_row)
@@ -46,8 +41,8 @@ def preview_grid(config: Config, n: int = 16) -> np.ndarray:
         original = plain(image=load_rgb(paths[i], size))["image"]
         image, _ = augmented[(config.train.seed, 0, int(i))]
         y, x = r * size, c * 2 * size
-        grid[y : y + size, x : x + size] = _to_uint8(original, d.mean, d.std)
-        grid[y : y + size, x + size : x + 2 * size] = _to_uint8(image, d.mean, d.std)
+        grid[y : y + size, x : x + size] = original
+        grid[y : y + size, x + size : x + 2 * size] = image.numpy()
     return grid
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ..config import Config, config_from_dict, save_config
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.layout import Layout, find_layout, list_classes
-from ..data.transforms import eval_transform, train_transform
+from ..data.transforms import BatchToModel, eval_transform, train_transform
 from ..device import amp_dtype, autocast, resolve_device
 from ..errors import UserError
 from ..losses import build_loss
@@ -152,13 +152,13 @@ def load_data(config: Config) -> Data:
         raise UserError(f"{layout.train} has {len(classes)} identity folders: classification needs at least 2")
     size, d = config.data.image_size, config.data
     try:
-        train_tf = train_transform(d.augment, size, d.mean, d.std)
+        train_tf = train_transform(d.augment, size, d.mean)
     except ValueError as e:
         raise UserError(f"{e} (data.augment)") from None
     train = FaceImages(*image_folder(layout.train, classes), train_tf, size)
     dev = None
     if layout.dev is not None:
-        dev = FaceImages(*image_folder(layout.dev, classes), eval_transform(size, d.mean, d.std), size)
+        dev = FaceImages(*image_folder(layout.dev, classes), eval_transform(size), size)
     if d.cache:  # decoded once into memory-mapped uint8 arrays; rebuilt when the files change
         from ..data.cache import attach_cache
 
@@ -168,23 +168,18 @@ def load_data(config: Config) -> Data:
     return Data(layout, classes, train, dev)
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None, channels_last: bool
+    model: nn.Module, loader: DataLoader, to_model: BatchToModel, dtype: torch.dtype | None
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy."""
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
-        images = to_device(images, device, channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, dtype):
+        images = to_model(images)
+        labels = labels.to(to_model.device, non_blocking=True)
+        with autocast(to_model.device, dtype):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
@@ -271,6 +266,7 @@ class Trainer:
         self.channels_last = t.channels_last and self.device.type in ("cuda", "cpu")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.to_model = BatchToModel(config.data.mean, config.data.std, self.device, self.channels_last)
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.dtype = amp_dtype(self.device, t.amp)
         # Loss scaling is needed for fp16 only; bf16 has fp32's range.
@@ -453,7 +449,7 @@ class Trainer:
         )
         stats, started = self.epoch_stats, time.perf_counter() - self.epoch_stats[3]
         for images, labels in bar:
-            images = to_device(images, self.device, self.channels_last)
+            images = self.to_model(images)
             labels = labels.to(self.device, non_blocking=True)
             targets = labels
             if self.mixup is not None:
@@ -514,9 +510,9 @@ class Trainer:
         row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count}
         dev_loss = dev_acc = ema_acc = float("nan")
         if self.ctx.is_main and self.dev_loader is not None:
-            dev_loss, dev_acc = evaluate(self.model, self.dev_loader, self.device, self.dtype, self.channels_last)
+            dev_loss, dev_acc = evaluate(self.model, self.dev_loader, self.to_model, self.dtype)
             if self.ema is not None:
-                ema_acc = evaluate(self.ema.module, self.dev_loader, self.device, self.dtype, self.channels_last)[1]
+                ema_acc = evaluate(self.ema.module, self.dev_loader, self.to_model, self.dtype)[1]
         row.update(dev_loss=dev_loss, dev_acc=dev_acc, ema_dev_acc=ema_acc, lr=self.optimizer.param_groups[0]["lr"])
         row.update(images_per_s=count / max(seconds, 1e-9), epoch_s=seconds, skipped_steps=self.skipped)
         self.epoch += 1
