@@ -207,8 +207,8 @@ def infer(
 ) -> Inference:
     """Run every TTA view of every batch through the model and merge them on the device.
 
-    An unreadable image raises a UserError naming it, unless ``fill``: then its row is zeros and its index is
-    listed in ``failed`` for the caller to fill.
+    An unreadable image raises a UserError naming it, unless ``fill``: then a black placeholder stands in for it and its
+    index is listed in ``failed`` for the caller to fill.
     """
     if merge not in MERGES:
         raise UserError(f"unknown merge {merge!r}: use one of {', '.join(MERGES)}")

@@ -255,5 +255,7 @@ class BatchToModel:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         scale, shift = self._row(images.shape[2])
-        x = images.to(self.device, non_blocking=True).float().mul_(scale).add_(shift).permute(0, 3, 1, 2)
+        # copy=True: a float batch already on the device must not be normalised in place under its owner.
+        x = images.to(self.device, non_blocking=True).to(torch.float32, copy=True)
+        x = x.mul_(scale).add_(shift).permute(0, 3, 1, 2)
         return x if self.channels_last else x.contiguous()
