@@ -139,7 +139,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, tmp_path):
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, tmp_path, capsys):
     common = [*LN_MODEL, "train.epochs=2", "train.batch_size=16", "train.keep_top_k=0", "train.plot=false"]
     assert main(train_args(sample, tmp_path / "single", *common)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -153,6 +153,13 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, 
     ddp = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
     assert ddp["train_loss"].tolist() == pytest.approx(single["train_loss"].tolist(), rel=1e-4)
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["processes"] == 2
+    # Each process keeps its own generators (seeded with seed + rank, so drop-path masks differ between them) ...
+    rng = load_checkpoint(tmp_path / "ddp" / "last.pt")["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    # ... and a run from two GPUs continues on one, saying so.
+    assert main(train_args(sample, tmp_path / "ddp", *common, "train.epochs=3")) == 0
+    assert "processes 2 -> 1" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "ddp" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
 
 def test_asking_for_a_tracker_that_is_not_installed_is_a_user_error(sample, tmp_path, capsys):

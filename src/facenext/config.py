@@ -56,17 +56,24 @@ class TrainConfig:
     margin: float | None = None  # margin of arcface (default 0.5 rad) or cosface (default 0.35)
     schedule: str = "cosine"  # cosine (with warm-up, per iteration) or multistep (the seed's)
     warmup_epochs: float = 1.0
-    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr is multiplied by gamma
+    # multistep: lr is multiplied by gamma at the start of each of these epochs (counted from the start of training,
+    # warm-up included; 10 = after ten epochs), as torch's MultiStepLR stepped once per epoch does
+    milestones: list[int] = field(default_factory=list)
     gamma: float = 0.6
     mixup: float = 0.0  # mixup alpha (0: off); with mixup or cutmix the loss takes soft targets
     cutmix: float = 0.0  # cutmix alpha (0: off)
     mix_prob: float = 1.0  # probability of mixing a batch
     ema: bool = False  # keep an exponential moving average of the weights, evaluated beside them
     ema_decay: float = 0.9998
-    ema_warmup: bool = True  # ramp the decay up from 0 (timm's EMA warm-up): useful EMA weights in short runs too
+    # Ramp the decay up as timm's ModelEmaV3 does, 1 - (1 + step)^(-2/3), capped at ema_decay: useful EMA weights in
+    # short runs too, but the cap is reached late (0.999 after 31k steps, 0.9998 after 350k), so most runs end
+    # below ema_decay; summary.json records the decay reached (ema_decay_reached). false: ema_decay from step 1.
+    ema_warmup: bool = True
     accum_steps: int = 1  # gradient accumulation: optimizer steps every N batches
     clip_grad: float | None = None  # max gradient norm
-    amp: bool = True  # bf16 autocast where supported, else fp16 with a GradScaler; CUDA only
+    # Mixed precision on CUDA, chosen for the card in use: bf16 autocast where it is native (compute capability 8.0
+    # and up: A100, L4, H100), fp16 with a GradScaler on older cards (P100, V100, T4). fp32 off CUDA.
+    amp: bool = True
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun

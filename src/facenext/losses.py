@@ -29,7 +29,10 @@ class CosineClassifier(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+        # Always fp32, autocast or not: in bf16 cosines near 1 round to exactly 1, and the margin loss's clamp then
+        # cuts their gradient.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.scale * F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
 
 class MarginLoss(nn.Module):

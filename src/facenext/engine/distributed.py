@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,15 @@ def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_gather(value: Any, ctx: DistContext) -> list[Any]:
+    """Every process's ``value``, in rank order (a list of one for a single process); all processes must call it."""
+    if not ctx.enabled:
+        return [value]
+    values: list[Any] = [None] * ctx.world
+    dist.all_gather_object(values, value)
+    return values
 
 
 def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:

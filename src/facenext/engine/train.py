@@ -37,13 +37,13 @@ from ..config import Config, config_from_dict, save_config
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.layout import Layout, find_layout, list_classes
 from ..data.transforms import BatchToModel, eval_transform, train_transform
-from ..device import amp_dtype, autocast, resolve_device
+from ..device import amp_dtype, autocast, describe_device, precision_name, resolve_device
 from ..errors import UserError
 from ..losses import build_loss
 from ..models import count_parameters, create_model
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from .curves import ExperimentLogger, plot_curves
-from .distributed import DistContext, all_sum, any_rank, barrier, init_distributed
+from .distributed import DistContext, all_gather, all_sum, any_rank, barrier, init_distributed
 
 # The first eight columns are the documented contract; later ones are additions.
 METRIC_COLUMNS = [
@@ -126,12 +126,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_
             t_in_epochs=False,
         )
     if t.schedule == "multistep":
+        # Milestone m takes effect at the first step of epoch m (0-based), warm-up included, as torch's MultiStepLR
+        # stepped per epoch does. timm counts from the end of warm-up (warmup_prefix) and applies a decay at
+        # t + 1 >= decay_t, hence the prefix off and the +1.
         return MultiStepLRScheduler(
             optimizer,
-            decay_t=[m * steps_per_epoch for m in t.milestones],
+            decay_t=[m * steps_per_epoch + 1 for m in t.milestones],
             decay_rate=t.gamma,
             warmup_t=warmup,
             warmup_lr_init=t.min_lr,
+            warmup_prefix=False,
             t_in_epochs=False,
         )
     raise UserError(f"unknown schedule {t.schedule!r} (train.schedule): use cosine or multistep")
@@ -188,26 +192,54 @@ def evaluate(
     return loss_sum / count, correct / count
 
 
-def rng_state() -> dict[str, Any]:
-    """Every generator a training step draws from, in a form ``torch.load(weights_only=True)`` accepts."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's generators (CUDA: only the training device's), as ``torch.load(weights_only=True)`` accepts."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore ``rng_state``'s output. Tensors go back to the CPU first: torch only accepts a CPU ByteTensor, and a
+    checkpoint loaded with a GPU ``map_location`` would hand over CUDA tensors."""
+    torch.set_rng_state(state["torch"].cpu())
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # written before 0.2: every visible GPU's state, by index
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def run_environment(device: torch.device, dtype: torch.dtype | None, world: int) -> dict[str, Any]:
+    """What a checkpoint was written with, so that a resume elsewhere can say what changed."""
+    import timm
+
+    from .. import __version__
+
+    return {
+        "device": describe_device(device),
+        "precision": precision_name(dtype),
+        "processes": world,
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+        "timm": timm.__version__,
+        "facenext": __version__,
+    }
+
+
+def environment_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    if not saved:
+        return []
+    return [f"{key} {saved[key]} -> {value}" for key, value in current.items() if saved.get(key, value) != value]
 
 
 def all_finite(model: nn.Module) -> bool:
@@ -261,6 +293,10 @@ class Trainer:
         self.data = load_data(config)
         num_classes = len(self.data.classes)
         self.model = build_model(config, num_classes).to(self.device)
+        if self.ctx.rank:
+            # Every process builds the same initial model (DDP checks it), then draws its own drop-path masks and
+            # mixes its own batches, as timm seeds with seed + rank.
+            seed_everything(t.seed + self.ctx.rank, t.deterministic)
         if t.init_from:
             self._init_from(Path(t.init_from))
         self.channels_last = t.channels_last and self.device.type in ("cuda", "cpu")
@@ -285,12 +321,16 @@ class Trainer:
             if self.data.dev
             else None
         )
-        self.steps_per_epoch = max(1, len(self.train_loader) // t.accum_steps)
+        self.batches_per_epoch = len(self.train_loader)
+        # The last accumulation group of an epoch may be short; it is stepped too (see _group_size).
+        self.steps_per_epoch = -(-self.batches_per_epoch // t.accum_steps)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_acc, self.best_source, self.history, self.top = -1.0, "", [], []
         self.epoch_stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, seconds: carried by recovery files
         self.bad_steps, self.skipped = 0, 0
+        self.group_ok = True  # no non-finite loss in the current accumulation group
+        self.environment = run_environment(self.device, self.dtype, self.ctx.world)
         self.last_recovery = time.monotonic()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -329,7 +369,8 @@ class Trainer:
             print(f"initialised {len(compatible)} of {len(own)} tensors from {path}")
 
     # --- run folder -------------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything a resume needs; ``rng`` holds every process's generators (``gather_rng``)."""
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
@@ -345,10 +386,15 @@ class Trainer:
             "best_source": self.best_source,
             "history": self.history,
             "top": self.top,
-            "rng": rng_state(),
+            "rng": rng,
+            "environment": self.environment,
             "config": self.config.to_dict(),
             "classes": self.data.classes,
         }
+
+    def gather_rng(self) -> list[dict[str, Any]]:
+        """Every process's generators, in rank order; every process must call it."""
+        return all_gather(rng_state(self.device), self.ctx)
 
     def _latest_checkpoint(self) -> dict[str, Any] | None:
         """The most advanced readable checkpoint; a damaged one is reported and the next one used."""
@@ -358,7 +404,8 @@ class Trainer:
             if not path.exists():
                 continue
             try:
-                states.append(load_checkpoint(path, self.device))
+                # Always to the CPU: RNG states must come back there, and load_state_dict moves the rest.
+                states.append(load_checkpoint(path, "cpu"))
             except UserError as e:
                 print(f"warning: skipping {path}: {e}", file=sys.stderr)
         return max(states, key=lambda s: (s["epoch"], s["batch"]), default=None)
@@ -382,7 +429,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # a bf16 or fp32 run saved an empty, disabled scaler
+            self.scaler.load_state_dict(state["scaler"])
         # An extended run (more train.epochs) keeps the schedule built for its new length; otherwise restore it.
         if "scheduler" in state and state["config"]["train"]["epochs"] == self.config.train.epochs:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -390,8 +438,21 @@ class Trainer:
         self.epoch_stats, self.skipped = list(state["epoch_stats"]), state["skipped"]
         self.best_acc, self.best_source = state["best_acc"], state["best_source"]
         self.history, self.top = list(state["history"]), [tuple(x) for x in state["top"]]
-        set_rng_state(state["rng"])
+        self._restore_rng(state["rng"])
+        changes = environment_changes(state.get("environment"), self.environment)
+        if changes and self.ctx.is_main:
+            print(f"resuming with changes since the checkpoint: {', '.join(changes)}", flush=True)
         return True
+
+    def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Each process continues its own generators; with more processes than were saved the new ones are seeded
+        afresh (the run then continues correctly, only not bit for bit)."""
+        states = saved if isinstance(saved, list) else [saved]
+        if self.ctx.rank < len(states):
+            set_rng_state(states[self.ctx.rank], self.device)
+        else:
+            t = self.config.train
+            seed_everything(t.seed + self.ctx.rank + 1_000_003 * self.step, t.deterministic)
 
     def write_metrics(self) -> None:
         def write(tmp: Path) -> None:
@@ -403,8 +464,9 @@ class Trainer:
         atomic_write(self.run_dir / "metrics.csv", write)
 
     def save_recovery(self) -> None:
+        rng = self.gather_rng()
         if self.ctx.is_main:
-            save_checkpoint(self.run_dir / "recovery.pt", self.state())
+            save_checkpoint(self.run_dir / "recovery.pt", self.state(rng))
         self.last_recovery = time.monotonic()
 
     # --- loop ---------------------------------------------------------------------------------------------------
@@ -454,33 +516,28 @@ class Trainer:
             targets = labels
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)
-            boundary = (self.batch_in_epoch + 1) % t.accum_steps == 0
+            group = self._group_size(self.batch_in_epoch)
+            # Counted before anything can skip the batch: the resume position is the sampler's position.
+            self.batch_in_epoch += 1
+            boundary = self.batch_in_epoch % t.accum_steps == 0 or self.batch_in_epoch == self.batches_per_epoch
             sync = nullcontext() if boundary or not self.ctx.enabled else self.step_model.no_sync()
             with sync:
                 with autocast(self.device, self.dtype):
                     logits = self.step_model(images)
                     loss = self._loss(logits, targets)
-                if any_rank(not torch.isfinite(loss).item(), self.ctx, self.device):
-                    self._skip_bad_step(loss)
-                    continue
-                self.bad_steps = 0
-                self.scaler.scale(loss / t.accum_steps).backward()
-            self.batch_in_epoch += 1
+                finite = not any_rank(not torch.isfinite(loss).item(), self.ctx, self.device)
+                if finite and self.group_ok:
+                    self.bad_steps = 0
+                    self.scaler.scale(loss / group).backward()
+                elif not finite:
+                    self._count_bad_step(loss)
             if boundary:
-                self._optimizer_step()
-            stats[0] += loss.item() * len(labels)
-            stats[1] += (logits.argmax(1) == labels).sum().item()
-            stats[2] += len(labels)
-            stats[3] = time.perf_counter() - started
-            rate = stats[2] / max(stats[3], 1e-9)
-            lr = self.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(
-                loss=f"{stats[0] / stats[2]:.3f}", acc=f"{stats[1] / stats[2]:.3f}", lr=f"{lr:.1e}", ips=f"{rate:.0f}"
-            )
-            if not interactive and self.ctx.is_main and t.log_every and self.step % t.log_every == 0 and boundary:
-                # Notebook and CI logs get a plain line now and then instead of a progress bar.
-                loss_avg, acc_avg = stats[0] / stats[2], stats[1] / stats[2]
-                print(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s", flush=True)
+                self._end_group()
+            if finite:
+                stats[0] += loss.item() * len(labels)
+                stats[1] += (logits.argmax(1) == labels).sum().item()
+                stats[2] += len(labels)
+                self._report_progress(bar, stats, started, boundary and not interactive)
             if not boundary:
                 continue
             reason = stop.reason()
@@ -493,8 +550,35 @@ class Trainer:
                 self.save_recovery()
         return None
 
-    def _skip_bad_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def _report_progress(self, bar: tqdm, stats: list[float], started: float, log_line: bool) -> None:
+        stats[3] = time.perf_counter() - started
+        rate = stats[2] / max(stats[3], 1e-9)
+        loss_avg, acc_avg = stats[0] / stats[2], stats[1] / stats[2]
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc_avg:.3f}", lr=f"{lr:.1e}", ips=f"{rate:.0f}")
+        every = self.config.train.log_every
+        if log_line and self.ctx.is_main and every and self.step % every == 0:
+            # Notebook and CI logs get a plain line now and then instead of a progress bar.
+            print(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s", flush=True)
+
+    def _group_size(self, batch: int) -> int:
+        """Micro-batches in the accumulation group of ``batch``: ``accum_steps``, or fewer for an epoch's last group
+        (whose loss is then averaged over what it has, as timm does)."""
+        accum = self.config.train.accum_steps
+        start = batch - batch % accum
+        return min(accum, self.batches_per_epoch - start)
+
+    def _end_group(self) -> None:
+        """Step on the group's gradients; a group with a non-finite loss is dropped whole (under DDP its
+        gradients were never averaged across processes)."""
+        if self.group_ok:
+            self._optimizer_step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.group_ok = True
+
+    def _count_bad_step(self, loss: torch.Tensor) -> None:
+        self.group_ok = False
         self.bad_steps += 1
         self.skipped += 1
         if self.bad_steps >= self.config.train.max_bad_steps:
@@ -518,12 +602,13 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch, self.epoch_stats, self.skipped = 0, [0.0, 0.0, 0.0, 0.0], 0
         self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+        rng = self.gather_rng()
         if self.ctx.is_main:
-            self._save_epoch(dev_acc, ema_acc)
+            self._save_epoch(dev_acc, ema_acc, rng)
         barrier(self.ctx)
         return row
 
-    def _save_epoch(self, dev_acc: float, ema_acc: float) -> None:
+    def _save_epoch(self, dev_acc: float, ema_acc: float, rng: list[dict[str, Any]]) -> None:
         """Best and top-k first, ``last.pt`` last: a crash in between repeats the epoch, which changes nothing."""
         use_ema = self.ema is not None and ema_acc > dev_acc
         score, source = (ema_acc, "ema") if use_ema else (dev_acc, "raw")
@@ -534,7 +619,7 @@ class Trainer:
             self.best_acc, self.best_source = score, source
         keep = finite and self.config.train.keep_top_k > 0 and not math.isnan(score)
         dropped = self._rank_top_k(score) if keep else []
-        state = self.state()
+        state = self.state(rng)
         weights = state["ema"] if use_ema else state["model"]
         if improved:
             save_checkpoint(self.run_dir / "best.pt", {**state, "model": weights, "best_source": source})
@@ -580,12 +665,16 @@ class Trainer:
         if main:
             save_config(self.config, self.run_dir / "config.yaml")
             (self.run_dir / "classes.json").write_text(json.dumps(self.data.classes))
-            where = f"epoch {self.epoch + 1}" + (f", batch {self.batch_in_epoch + 1}" if self.batch_in_epoch else "")
+            where = f"epoch {self.epoch + 1}"
+            if self.batch_in_epoch >= self.batches_per_epoch:
+                where = f"the end of {where}"
+            elif self.batch_in_epoch:
+                where += f", batch {self.batch_in_epoch + 1}"
             print(
                 f"{'resuming' if resumed else 'training'} {self.config.model.name} "
-                f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.device}"
-                f"{f' x{self.ctx.world}' if self.ctx.enabled else ''}"
-                f"{f' with {self.dtype} autocast' if self.dtype else ''}: {len(self.data.classes)} identities, "
+                f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.environment['device']}"
+                f"{f' x{self.ctx.world}' if self.ctx.enabled else ''} in {self._precision_text()}: "
+                f"{len(self.data.classes)} identities, "
                 f"{len(self.data.train)} train images, {where} of {t.epochs}"
             )
         self.scheduler.step_update(self.step)
@@ -609,6 +698,13 @@ class Trainer:
             logger.close()
         return summary
 
+    def _precision_text(self) -> str:
+        if self.dtype == torch.bfloat16:
+            return "bf16 autocast (native on this card)"
+        if self.dtype == torch.float16:
+            return "fp16 autocast with loss scaling (no native bf16 on this card)"
+        return "fp32" + (" (mixed precision is for CUDA GPUs)" if self.config.train.amp else "")
+
     def summary(self, stopped: str | None = None) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {
@@ -624,7 +720,11 @@ class Trainer:
             "last_dev_acc": last.get("dev_acc"),
             "train_s": round(sum(r["epoch_s"] for r in self.history), 2),
             "device": str(self.device),
+            "device_name": self.environment["device"],
+            "precision": self.environment["precision"],
             "processes": self.ctx.world,
+            # With timm's warm-up the decay grows with the step count and may never reach train.ema_decay.
+            "ema_decay_reached": round(self.ema.get_decay(self.step), 6) if self.ema else None,
         }
 
 
