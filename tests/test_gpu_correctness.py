@@ -10,8 +10,8 @@ import torch
 from facenext.cli import main
 from facenext.config import load_config
 from facenext.device import amp_dtype, describe_device
-from facenext.engine.checkpoint import load_checkpoint
-from facenext.engine.train import Trainer, build_scheduler, set_rng_state
+from facenext.engine.checkpoint import load_checkpoint, save_checkpoint
+from facenext.engine.train import Trainer, build_scheduler, rng_state, set_rng_state
 from facenext.losses import CosineClassifier
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
@@ -102,39 +102,35 @@ def test_resume_loads_checkpoints_to_the_cpu_whatever_the_training_device(sample
     assert all(torch.equal(v, saved["model"][k]) for k, v in trainer.model.state_dict().items())
 
 
-def test_a_run_without_loss_scaling_resumes_where_fp16_is_chosen(sample, tmp_path, capsys):
+def test_a_run_resumes_where_another_precision_is_chosen(sample, tmp_path, capsys):
     run, trainer = trained(sample, tmp_path)
-    assert load_checkpoint(run / "last.pt")["scaler"] == {}  # fp32 (or bf16): a disabled scaler saves nothing
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["scaler"]["scale"] == 1.0  # fp32 and bf16: the scaler only skips steps with non-finite gradients
     trainer.scaler = torch.amp.GradScaler("cpu")  # what an fp16 card gets
     trainer.environment = {**trainer.environment, "precision": "fp16"}
     assert trainer.resume()
-    assert trainer.scaler.get_scale() == 65536.0  # a fresh scale, as a new fp16 run starts with
+    assert trainer.scaler.get_scale() == 65536.0  # a fresh scale, as a new fp16 run starts with, not the saved 1
     assert "resuming with changes since the checkpoint: precision fp32 -> fp16" in capsys.readouterr().out
+
+    # A bf16 run written before 0.2: an empty scaler state and no environment record.
+    save_checkpoint(run / "last.pt", {**saved, "scaler": {}, "environment": None})
+    again = Trainer(load_config(CONFIG, overrides(sample, "train.epochs=2")), run)
+    again.scaler = torch.amp.GradScaler("cpu")
+    assert again.resume()
+    assert again.scaler.get_scale() == 65536.0
 
 
 def test_cuda_generator_states_from_more_gpus_are_restored_on_fewer(monkeypatch):
     restored = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
     gpu0, gpu1 = torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)
-    state = {**_cpu_rng(), "cuda": [gpu0, gpu1]}  # the format written before 0.2: every GPU's state, by index
+    cpu = rng_state(torch.device("cpu"))
+    state = {**cpu, "cuda": [gpu0, gpu1]}  # the format written before 0.2: every GPU's state, by index
     set_rng_state(state, torch.device("cuda:0"))
     set_rng_state(state, torch.device("cuda:3"))  # a GPU that the checkpoint has no state for
-    set_rng_state({**_cpu_rng(), "cuda": gpu1}, torch.device("cuda:0"))  # today's: this process's GPU only
-    set_rng_state({**_cpu_rng(), "cuda": gpu1}, torch.device("cpu"))  # written on a GPU, resumed on a CPU
+    set_rng_state({**cpu, "cuda": gpu1}, torch.device("cuda:0"))  # today's format: this process's GPU only
+    set_rng_state({**cpu, "cuda": gpu1}, torch.device("cpu"))  # written on a GPU, resumed on a CPU
     assert [(torch.equal(s, gpu1), str(d)) for s, d in restored] == [(False, "cuda:0"), (True, "cuda:0")]
-
-
-def _cpu_rng() -> dict:
-    import random
-
-    import numpy as np
-
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
 
 
 def resume_in_steps(args, run) -> int:
@@ -209,3 +205,26 @@ def test_summary_records_precision_device_and_the_ema_decay_reached(sample, tmp_
     environment = load_checkpoint(run / "last.pt")["environment"]
     assert environment["precision"] == "fp32" and environment["processes"] == 1
     assert environment["torch"] == torch.__version__
+
+
+def host_reads_during_training(monkeypatch, sample, run, *extra) -> int:
+    """How often training reads a tensor's value on the host: on a GPU each read waits for all queued work."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    assert main(train_args(sample, run, "train.epochs=1", "train.log_every=0", *extra)) == 0
+    monkeypatch.undo()
+    return len(reads)
+
+
+def test_training_steps_make_no_host_reads(monkeypatch, sample, tmp_path):
+    # Twice the steps, the same number of reads: they happen per epoch (and per log line), never per step.
+    few = host_reads_during_training(monkeypatch, sample, tmp_path / "few", "train.batch_size=16")
+    many = host_reads_during_training(monkeypatch, sample, tmp_path / "many", "train.batch_size=8")
+    assert 0 < few == many

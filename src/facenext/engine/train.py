@@ -44,6 +44,7 @@ from ..models import count_parameters, create_model
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from .curves import ExperimentLogger, plot_curves
 from .distributed import DistContext, all_gather, all_sum, any_rank, barrier, init_distributed
+from .meters import StepMeter, sum_dtype
 
 # The first eight columns are the documented contract; later ones are additions.
 METRIC_COLUMNS = [
@@ -179,16 +180,17 @@ def evaluate(
     """Mean cross-entropy and accuracy."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    totals = torch.zeros(3, dtype=sum_dtype(to_model.device), device=to_model.device)  # read once, at the end
     for images, labels in loader:
         images = to_model(images)
         labels = labels.to(to_model.device, non_blocking=True)
         with autocast(to_model.device, dtype):
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
+        totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
+        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[2] += len(labels)
     model.train(was_training)
+    loss_sum, correct, count = totals.tolist()
     return loss_sum / count, correct / count
 
 
@@ -240,6 +242,14 @@ def environment_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -
     if not saved:
         return []
     return [f"{key} {saved[key]} -> {value}" for key, value in current.items() if saved.get(key, value) != value]
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """fp16 needs loss scaling. In bf16 and fp32 the scale stays 1 (``update(1.0)``) and the scaler only does
+    what it does for fp16 too: skip a step whose gradients are not finite, decided on the device."""
+    if dtype == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return torch.amp.GradScaler(device.type, init_scale=1.0)
 
 
 def all_finite(model: nn.Module) -> bool:
@@ -305,9 +315,10 @@ class Trainer:
         self.to_model = BatchToModel(config.data.mean, config.data.std, self.device, self.channels_last)
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.dtype = amp_dtype(self.device, t.amp)
-        # Loss scaling is needed for fp16 only; bf16 has fp32's range.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr)
+        self.scaler = grad_scaler(self.device, self.dtype)
+        # The fused kernel takes the scaler's verdict on the device: skipping a step costs no synchronisation.
+        fused = self.device.type in ("cuda", "cpu")
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr, fused=fused)
         self.step_model = self._wrap(self.model)
 
         if t.batch_size % self.ctx.world:
@@ -328,8 +339,9 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_acc, self.best_source, self.history, self.top = -1.0, "", [], []
         self.epoch_stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, seconds: carried by recovery files
-        self.bad_steps, self.skipped = 0, 0
-        self.group_ok = True  # no non-finite loss in the current accumulation group
+        self.bad_steps, self.skipped = 0, 0  # non-finite losses in a row now, and in this epoch
+        self.meter = StepMeter(self.device)  # the same sums since the last read, on the device
+        self.epoch_started = time.perf_counter()
         self.environment = run_environment(self.device, self.dtype, self.ctx.world)
         self.last_recovery = time.monotonic()
 
@@ -382,6 +394,7 @@ class Trainer:
             "step": self.step,
             "epoch_stats": list(self.epoch_stats),
             "skipped": self.skipped,
+            "bad_run": self.bad_steps,
             "best_acc": self.best_acc,
             "best_source": self.best_source,
             "history": self.history,
@@ -429,13 +442,17 @@ class Trainer:
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"] and self.scaler.is_enabled():  # a bf16 or fp32 run saved an empty, disabled scaler
+        # A scale belongs to its precision (a bf16 run's is 1); runs before 0.2 saved an empty one for bf16/fp32.
+        saved_precision = (state.get("environment") or {}).get("precision")
+        if state["scaler"] and saved_precision in (None, self.environment["precision"]):
             self.scaler.load_state_dict(state["scaler"])
         # An extended run (more train.epochs) keeps the schedule built for its new length; otherwise restore it.
         if "scheduler" in state and state["config"]["train"]["epochs"] == self.config.train.epochs:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
         self.epoch_stats, self.skipped = list(state["epoch_stats"]), state["skipped"]
+        self.bad_steps = state.get("bad_run", 0)
+        self.meter = StepMeter(self.device, self.bad_steps)
         self.best_acc, self.best_source = state["best_acc"], state["best_source"]
         self.history, self.top = list(state["history"]), [tuple(x) for x in state["top"]]
         self._restore_rng(state["rng"])
@@ -464,6 +481,7 @@ class Trainer:
         atomic_write(self.run_dir / "metrics.csv", write)
 
     def save_recovery(self) -> None:
+        self._read_meter()
         rng = self.gather_rng()
         if self.ctx.is_main:
             save_checkpoint(self.run_dir / "recovery.pt", self.state(rng))
@@ -487,8 +505,10 @@ class Trainer:
         if t.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+        # Skipped on the device when the gradients are not finite (a non-finite loss makes them so); self.step
+        # counts the attempts, so that the schedule and the resume position never depend on a device read.
         self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.scaler.update(None if self.dtype == torch.float16 else 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.scheduler.step_update(self.step)
@@ -509,7 +529,8 @@ class Trainer:
             initial=self.batch_in_epoch,
             total=self.batch_in_epoch + len(self.train_loader),
         )
-        stats, started = self.epoch_stats, time.perf_counter() - self.epoch_stats[3]
+        self.epoch_started = time.perf_counter() - self.epoch_stats[3]
+        read_every = t.log_every or 50
         for images, labels in bar:
             images = self.to_model(images)
             labels = labels.to(self.device, non_blocking=True)
@@ -517,49 +538,71 @@ class Trainer:
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)
             group = self._group_size(self.batch_in_epoch)
-            # Counted before anything can skip the batch: the resume position is the sampler's position.
-            self.batch_in_epoch += 1
+            self.batch_in_epoch += 1  # the sampler's position, which a resume continues from
             boundary = self.batch_in_epoch % t.accum_steps == 0 or self.batch_in_epoch == self.batches_per_epoch
             sync = nullcontext() if boundary or not self.ctx.enabled else self.step_model.no_sync()
             with sync:
                 with autocast(self.device, self.dtype):
                     logits = self.step_model(images)
                     loss = self._loss(logits, targets)
-                finite = not any_rank(not torch.isfinite(loss).item(), self.ctx, self.device)
-                if finite and self.group_ok:
-                    self.bad_steps = 0
-                    self.scaler.scale(loss / group).backward()
-                elif not finite:
-                    self._count_bad_step(loss)
-            if boundary:
-                self._end_group()
-            if finite:
-                stats[0] += loss.item() * len(labels)
-                stats[1] += (logits.argmax(1) == labels).sum().item()
-                stats[2] += len(labels)
-                self._report_progress(bar, stats, started, boundary and not interactive)
+                # No check here: a non-finite loss gives non-finite gradients, and the scaler then skips the
+                # group's step on the device. The meter counts it.
+                self.scaler.scale(loss / group).backward()
+            self.meter.add(loss, logits, labels)
             if not boundary:
                 continue
-            reason = stop.reason()
-            if self.ctx.enabled and any_rank(reason is not None, self.ctx, self.device):
-                reason = reason or "another process stopped"
+            self._optimizer_step()
+            read = self.step % read_every == 0
+            if read:
+                self._read_meter(bar, log_line=not interactive)
+            reason = self._stop_or_recover(stop, agreed=read)
             if reason is not None:
-                self.save_recovery()
                 return reason
-            if t.recovery_minutes and time.monotonic() - self.last_recovery > t.recovery_minutes * 60:
-                self.save_recovery()
+        self._read_meter(bar)
         return None
 
-    def _report_progress(self, bar: tqdm, stats: list[float], started: float, log_line: bool) -> None:
-        stats[3] = time.perf_counter() - started
+    def _read_meter(self, bar: tqdm | None = None, log_line: bool = False) -> None:
+        """Fold the device-side sums into the epoch's; stop the run on too many non-finite losses in a row."""
+        t = self.config.train
+        reading = self.meter.read()
+        stats = self.epoch_stats
+        stats[0] += reading.loss_sum
+        stats[1] += reading.correct
+        stats[2] += reading.count
+        stats[3] = time.perf_counter() - self.epoch_started
+        self.skipped += reading.non_finite
+        self.bad_steps = reading.bad_run
+        if any_rank(reading.worst_run >= t.max_bad_steps, self.ctx, self.device):
+            raise UserError(
+                f"{t.max_bad_steps} non-finite losses in a row (train.max_bad_steps) by step {self.step}: lower "
+                f"train.lr or set train.clip_grad; {self.run_dir}/last.pt holds the last good epoch"
+            )
+        if not stats[2] or bar is None:
+            return
         rate = stats[2] / max(stats[3], 1e-9)
         loss_avg, acc_avg = stats[0] / stats[2], stats[1] / stats[2]
         lr = self.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc_avg:.3f}", lr=f"{lr:.1e}", ips=f"{rate:.0f}")
-        every = self.config.train.log_every
-        if log_line and self.ctx.is_main and every and self.step % every == 0:
+        if log_line and self.ctx.is_main and t.log_every:
             # Notebook and CI logs get a plain line now and then instead of a progress bar.
             print(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s", flush=True)
+
+    def _stop_or_recover(self, stop: StopRequest, agreed: bool) -> str | None:
+        """Save a recovery file when a stop is requested (returning its reason) or one is due. Alone, this checks
+        the clock and a flag at every step; under DDP the processes must agree, which costs a collective, so only
+        at reading points (``agreed``)."""
+        t = self.config.train
+        if self.ctx.enabled and not agreed:
+            return None
+        reason = stop.reason()
+        due = bool(t.recovery_minutes) and time.monotonic() - self.last_recovery > t.recovery_minutes * 60
+        if self.ctx.enabled:
+            stops, dues = all_sum([float(reason is not None), float(due)], self.ctx, self.device)
+            reason = reason or ("another process stopped" if stops else None)
+            due = dues > 0
+        if reason is not None or due:
+            self.save_recovery()
+        return reason
 
     def _group_size(self, batch: int) -> int:
         """Micro-batches in the accumulation group of ``batch``: ``accum_steps``, or fewer for an epoch's last group
@@ -567,25 +610,6 @@ class Trainer:
         accum = self.config.train.accum_steps
         start = batch - batch % accum
         return min(accum, self.batches_per_epoch - start)
-
-    def _end_group(self) -> None:
-        """Step on the group's gradients; a group with a non-finite loss is dropped whole (under DDP its
-        gradients were never averaged across processes)."""
-        if self.group_ok:
-            self._optimizer_step()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-        self.group_ok = True
-
-    def _count_bad_step(self, loss: torch.Tensor) -> None:
-        self.group_ok = False
-        self.bad_steps += 1
-        self.skipped += 1
-        if self.bad_steps >= self.config.train.max_bad_steps:
-            raise UserError(
-                f"{self.bad_steps} non-finite losses in a row (last {loss.item()}) at step {self.step}: "
-                f"lower train.lr or set train.clip_grad; {self.run_dir}/last.pt holds the last good epoch"
-            )
 
     def end_epoch(self) -> dict[str, Any]:
         """Evaluate, write the epoch's row and checkpoints, and reset the per-epoch counters."""
