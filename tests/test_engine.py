@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+from facenext.checkpoint import load_checkpoint
 from facenext.cli import main
-from facenext.engine.checkpoint import load_checkpoint
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from facenext.checkpoint import load_checkpoint, save_checkpoint
 from facenext.cli import main
 from facenext.config import load_config
 from facenext.device import amp_dtype, describe_device
-from facenext.engine.checkpoint import load_checkpoint, save_checkpoint
 from facenext.engine.train import Trainer, build_scheduler, rng_state, set_rng_state
 from facenext.losses import CosineClassifier
 

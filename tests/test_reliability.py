@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from facenext.engine.checkpoint import load_checkpoint
+from facenext.checkpoint import load_checkpoint
 
 from . import test_cli
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN

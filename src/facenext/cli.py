@@ -9,6 +9,11 @@ from collections.abc import Sequence
 
 from .errors import UserError
 
+# The test-time augmentation specs that facenext.inference.parse_tta reads (predict.tta and verify.tta).
+TTA_SPECS = (
+    "none, flip, five@S / ten@S (crops of S x the image), scales@S1,S2,... or a combination with +, e.g. flip+five@0.9"
+)
+
 
 def _sample_data(args: argparse.Namespace) -> None:
     from .data.sample import write_sample_competition
@@ -178,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("dev", "test"), default="test")
     p.add_argument(
         "--tta",
-        help="none, flip, five@S / ten@S (crops of S x the image), scales@S1,S2,... or a combination with +, "
-        "e.g. flip+five@0.9 (default: the run's predict.tta)",
+        help=f"{TTA_SPECS} (default: the run's predict.tta)",
     )
     p.add_argument("--merge", choices=("prob", "logit", "geo"), default="prob", help="how views merge (default prob)")
     p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
@@ -209,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="verification: dev metrics and the test submission")
     p.add_argument("run", help="run folder")
-    p.add_argument("--tta", help="none or flip (default: the run's verify.tta)")
+    p.add_argument("--tta", help=f"{TTA_SPECS} (default: the run's verify.tta)")
     p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")

@@ -92,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    tta: str = "flip"  # none or flip
+    tta: str = "flip"  # a TTA spec: none, flip, five@0.9, ten@0.9, scales@..., or a combination with +
     batch_size: int = 256
 
 
@@ -213,7 +213,3 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     return config_from_dict(values, overrides)
-
-
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))

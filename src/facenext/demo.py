@@ -13,10 +13,10 @@ import pandas as pd
 from .config import load_config
 from .data.layout import find_layout
 from .data.sample import write_sample_competition
-from .engine.checkpoint import write_json
 from .engine.train import train
 from .ensemble import ensemble
 from .errors import UserError
+from .io import write_json
 from .predict import predict
 from .verify import verify
 

@@ -14,9 +14,9 @@ from scipy.optimize import minimize
 from scipy.special import softmax
 
 from .data.layout import find_layout
-from .engine.checkpoint import write_json
-from .engine.train import load_run_config
 from .errors import UserError
+from .io import write_json
+from .run import RunDir
 from .submission import write_submission
 
 WEIGHTINGS = ("equal", "fit")
@@ -158,9 +158,10 @@ def ensemble(
     summary["weights"] = {n: float(x) for n, x in zip(names, w, strict=True)}
     probs = _mix(_probs(parts), w)
     out = Path(out)
-    config, classes = load_run_config(Path(runs[0]))
+    first = RunDir(runs[0])
+    config, classes = first.config(), first.classes()
     if list(classes) != parts[0]["classes"].tolist():
-        raise UserError(f"{runs[0]}/classes.json differs from its saved logits: run `facenext predict` again")
+        raise UserError(f"{first.classes_file} differs from its saved logits: run `facenext predict` again")
     layout = find_layout(data_root or config.data.root, config.data.term)
     write_submission(
         out,

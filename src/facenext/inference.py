@@ -17,14 +17,11 @@ from .config import Config
 from .data.datasets import DECODE_ERRORS, FaceImages, image_tensor, load_rgb
 from .data.transforms import BatchToModel, eval_transform
 from .device import amp_dtype, autocast, resolve_device
-from .engine.checkpoint import load_checkpoint
-from .engine.train import build_model, load_run_config
 from .errors import UserError
 from .models import fuse_batchnorm
+from .run import RunDir
 
-TTA_MODES = ("none", "flip")  # the simple specs; see ``parse_tta`` for crops, scales and combinations
 MERGES = ("prob", "logit", "geo")
-WEIGHTS = ("best", "last", "ema", "averaged")
 TTA_HELP = "none, flip, five@S, ten@S (crops of S x the image), scales@S1,S2,... or a combination (flip+five@0.9)"
 
 
@@ -141,6 +138,11 @@ class LoadedRun:
     device: torch.device
     dtype: torch.dtype | None
 
+    @property
+    def folder(self) -> RunDir:
+        """The run folder the model came from (its files: weights, summary, fingerprint)."""
+        return RunDir(self.path)
+
 
 @dataclass
 class Inference:
@@ -154,28 +156,15 @@ class Inference:
 
 def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | None = None) -> LoadedRun:
     """A run's model in eval mode with its ``best``, ``last``, ``ema`` or ``averaged`` weights, on ``device``."""
-    run_dir = Path(run_dir)
-    config, classes = load_run_config(run_dir)
-    if weights not in WEIGHTS:
-        raise UserError(f"unknown weights {weights!r}: use one of {', '.join(WEIGHTS)}")
-    state = load_checkpoint(run_dir / ("last.pt" if weights == "ema" else f"{weights}.pt"))
-    if weights == "ema":
-        if state.get("ema") is None:
-            raise UserError(f"{run_dir} was trained without EMA (train.ema=false): use --weights best or last")
-        state = {**state, "model": state["ema"]}
-    if state.get("classes") != classes:
-        raise UserError(f"{run_dir}/{weights}.pt does not match {run_dir}/classes.json: retrain the run")
+    run = RunDir(run_dir)
+    config, classes = run.config(), run.classes()
+    model = run.load_model(weights)
     device = device or resolve_device(config.train.device)
-    model = build_model(config, len(classes))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise UserError(f"{run_dir}/{weights}.pt holds weights of another architecture than its config.yaml") from None
     model = model.to(device).eval()
     fuse_batchnorm(model)  # inference only: the lean model's norms disappear into its convolutions
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return LoadedRun(run_dir.name, run_dir, config, classes, model, device, amp_dtype(device, config.train.amp))
+    return LoadedRun(run.name, run.path, config, classes, model, device, amp_dtype(device, config.train.amp))
 
 
 class _Images(FaceImages):

@@ -11,9 +11,6 @@ from .competitions import DEFAULT_TERM, TERMS, get_term
 from .config import Config
 from .errors import UserError
 
-# Limits of terms that TERMS does not describe (no data layout is supported for them), shown as text only.
-EXTRA_LIMITS: dict[str, tuple[str, int]] = {"s22": ("Spring 2022", 35_000_000)}
-
 
 @dataclass
 class ModelInfo:
@@ -60,7 +57,6 @@ def resolve_num_classes(config: Config) -> tuple[int, str]:
 def limit_warnings(parameters: int) -> list[str]:
     """One line per competition whose parameter limit ``parameters`` exceeds."""
     limits = [(t.key, t.title, t.param_limit) for t in TERMS.values() if t.param_limit is not None]
-    limits += [(key, title, limit) for key, (title, limit) in EXTRA_LIMITS.items() if key not in TERMS]
     return [
         f"warning: {parameters / 1e6:.2f} M parameters exceed the {key.upper()} ({title}) limit of {limit / 1e6:g} M"
         for key, title, limit in limits
@@ -83,11 +79,10 @@ def count_macs(model: torch.nn.Module, image_size: int) -> int:
 
 def model_info(config: Config) -> ModelInfo:
     """Build the config's model on the CPU and describe it."""
-    from .engine.train import build_model
-    from .models.factory import count_parameters
+    from .models.factory import count_parameters, model_from_config
 
     num_classes, source = resolve_num_classes(config)
-    model = build_model(config, num_classes)
+    model = model_from_config(config, num_classes)
     parameters = count_parameters(model)
     return ModelInfo(
         name=config.model.name,

@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import UserError
+from .io import write_json
+from .run import RunDir
 
 # Where a Kaggle notebook mounts its inputs; FACENEXT_KAGGLE_ROOT stands in for it in tests only.
 KAGGLE_ROOT = Path(os.environ.get("FACENEXT_KAGGLE_ROOT") or "/kaggle")
@@ -221,7 +223,7 @@ def download(slug: str, out_dir: str | Path = "data", force: bool = False, kaggl
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    _write_marker(target, {"slug": slug, "files": files, "zip_bytes": size})
+    write_json(target / COMPLETE, {"slug": slug, "files": files, "zip_bytes": size}, indent=None)
     print(f"{slug}: {files} files ({size / 1e6:.1f} MB zip) extracted to {target}")
     return target
 
@@ -231,12 +233,6 @@ def _replace(partial: Path, target: Path) -> None:
         (target / COMPLETE).unlink(missing_ok=True)  # first stop it looking complete, then remove it
         shutil.rmtree(target)
     partial.rename(target)
-
-
-def _write_marker(target: Path, info: dict) -> None:
-    tmp = target / f"{COMPLETE}.tmp"
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, target / COMPLETE)
 
 
 def _read_submission(path: Path) -> Any:
@@ -285,16 +281,6 @@ def _check_against_data(path: Path, frame: Any, competition: str, data_root: Pat
     return True
 
 
-def _run_label(run: str | Path) -> str:
-    """``name (dev 0.9123)`` from the run's summary.json when it exists, else the run's name."""
-    run = Path(run)
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        acc = json.loads((run / "summary.json").read_text()).get("best_dev_acc")
-        if acc is not None:
-            return f"{run.name} (dev {float(acc):.4f})"
-    return run.name
-
-
 def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
     """The runs behind ``file`` and their dev accuracy, e.g. ``FaceNext: a (dev 0.9120), b (dev 0.9050)``.
 
@@ -305,11 +291,11 @@ def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
     runs: list[str] = []
     with contextlib.suppress(OSError, ValueError, AttributeError):
         runs = [str(r) for r in json.loads(path.with_suffix(".json").read_text()).get("runs", [])]
-    if not runs and (Path(runs_root) / path.parent.name / "summary.json").is_file():
+    if not runs and RunDir(Path(runs_root) / path.parent.name).summary_file.is_file():
         runs = [str(Path(runs_root) / path.parent.name)]
     if not runs:
         return f"FaceNext {path.name}"
-    return "FaceNext: " + ", ".join(_run_label(r) for r in runs)
+    return "FaceNext: " + ", ".join(RunDir(r).label() for r in runs)
 
 
 def _submission_row(item: Any) -> dict[str, Any]:

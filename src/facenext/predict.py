@@ -11,9 +11,9 @@ import numpy as np
 
 from .data.datasets import image_folder
 from .data.layout import Layout, find_layout, list_classes
-from .engine.checkpoint import atomic_write, write_json
 from .errors import UserError
 from .inference import infer, load_run
+from .io import atomic_write, write_json
 from .submission import classification_ids, write_submission
 
 

@@ -12,9 +12,7 @@ One writer (``write_submission``) and one checker (``check_submission``) serve e
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pandas as pd
 
 from .data.layout import Layout, list_classes, list_images
 from .errors import UserError
+from .io import write_csv
 
 KINDS = ("classification", "verification")
 
@@ -92,20 +91,7 @@ def write_submission(
         if layout is not None:
             check_submission(tmp, layout, kind, num_classes, name=path)
 
-    _write_checked(Path(path), lambda tmp: frame.to_csv(tmp, index=False), verify)
-
-
-def _write_checked(path: Path, write: Callable[[Path], None], verify: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        verify(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_csv(path, frame, validate=verify)
 
 
 def _read(path: Path, name: Path) -> pd.DataFrame:

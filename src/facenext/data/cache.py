@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io import atomic_write, write_json
 from .datasets import DECODE_ERRORS, FaceImages, load_rgb
 
 FORMAT = 1
@@ -74,15 +75,6 @@ class DecodedCache:
         return np.array(self.array[index])  # a private copy: transforms may write into it
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_cache(
     paths: list[Path], size: int, cache_dir: str | Path | None = None, threads: int | None = None
 ) -> DecodedCache:
@@ -120,9 +112,9 @@ def build_cache(
             list(pool.map(one, range(len(paths)), chunksize=64))
         array.flush()
 
-    _write_atomic(array_path, write_array)
+    atomic_write(array_path, write_array)
     index["bad"] = sorted(bad)
-    _write_atomic(index_path, lambda tmp: tmp.write_text(json.dumps(index)))
+    write_json(index_path, index, indent=None)
     return DecodedCache(array_path, index["bad"])
 
 

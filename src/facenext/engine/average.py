@@ -7,19 +7,19 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import UserError
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..run import RunDir
 
 
 def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     """Mean of the top-k epoch weights kept in ``run/top/``; integer buffers come from the best epoch."""
-    run_dir = Path(run_dir)
-    paths = sorted((run_dir / "top").glob("epoch_*.pt")) if (run_dir / "top").is_dir() else []
-    states = [load_checkpoint(p) for p in paths]
+    run = RunDir(run_dir)
+    states = [load_checkpoint(p) for p in run.top_files()]
     states.sort(key=lambda s: -s["dev_acc"])
     states = states[:top_k] if top_k else states
     if not states:
-        raise UserError(f"{run_dir}/top holds no epoch checkpoints: train with train.keep_top_k > 0 first")
+        raise UserError(f"{run.top_dir} holds no epoch checkpoints: train with train.keep_top_k > 0 first")
     averaged = {}
     for name, best in states[0]["model"].items():
         if best.is_floating_point():
@@ -27,10 +27,11 @@ def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[s
         else:  # e.g. BatchNorm's num_batches_tracked
             averaged[name] = best
     epochs = [s["epoch"] for s in states]
+    out = run.weights_file("averaged")
     save_checkpoint(
-        run_dir / "averaged.pt",
+        out,
         {"model": averaged, "epochs": epochs, "config": states[0]["config"], "classes": states[0]["classes"]},
     )
-    summary = {"run": str(run_dir), "epochs": epochs, "dev_accs": [s["dev_acc"] for s in states]}
-    print(f"wrote {run_dir / 'averaged.pt'}: mean of epochs {', '.join(map(str, epochs))}")
+    summary = {"run": str(run.path), "epochs": epochs, "dev_accs": [s["dev_acc"] for s in states]}
+    print(f"wrote {out}: mean of epochs {', '.join(map(str, epochs))}")
     return summary

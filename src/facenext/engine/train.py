@@ -7,8 +7,6 @@ optimizer, scaler, position in the epoch and the random number generators.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import random
@@ -23,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from timm.data import Mixup
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
@@ -33,15 +30,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, config_from_dict, save_config
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import Config
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.layout import Layout, find_layout, list_classes
 from ..data.transforms import BatchToModel, eval_transform, train_transform
 from ..device import amp_dtype, autocast, describe_device, precision_name, resolve_device
 from ..errors import UserError
 from ..losses import build_loss
-from ..models import count_parameters, create_model
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
+from ..models import count_parameters, model_from_config
+from ..run import RunDir
 from .curves import ExperimentLogger, plot_curves
 from .distributed import DistContext, all_gather, all_sum, any_rank, barrier, init_distributed
 from .meters import StepMeter, sum_dtype
@@ -63,25 +61,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-
-
-def build_model(config: Config, num_classes: int) -> nn.Module:
-    m = config.model
-    try:
-        return create_model(
-            m.name,
-            num_classes=num_classes,
-            dims=tuple(m.dims) if m.dims else None,
-            depths=tuple(m.depths) if m.depths else None,
-            drop_path_rate=m.drop_path_rate,
-            drop_rate=m.drop_rate,
-            embed_dim=m.embed_dim,
-            init_std=m.init_std,
-            classifier=m.classifier if m.classifier != "linear" else None,
-            cosine_scale=m.cosine_scale if m.classifier != "linear" else None,
-        )
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"cannot build model {m.name!r}: {e}") from None
 
 
 def make_loader(
@@ -302,7 +281,7 @@ class Trainer:
         seed_everything(t.seed, t.deterministic)
         self.data = load_data(config)
         num_classes = len(self.data.classes)
-        self.model = build_model(config, num_classes).to(self.device)
+        self.model = model_from_config(config, num_classes).to(self.device)
         if self.ctx.rank:
             # Every process builds the same initial model (DDP checks it), then draws its own drop-path masks and
             # mixes its own batches, as timm seeds with seed + rank.
@@ -472,13 +451,7 @@ class Trainer:
             seed_everything(t.seed + self.ctx.rank + 1_000_003 * self.step, t.deterministic)
 
     def write_metrics(self) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-                writer.writeheader()
-                writer.writerows(self.history)
-
-        atomic_write(self.run_dir / "metrics.csv", write)
+        RunDir(self.run_dir).write_metrics(self.history, METRIC_COLUMNS)
 
     def save_recovery(self) -> None:
         self._read_meter()
@@ -687,8 +660,10 @@ class Trainer:
         t = self.config.train
         logger = ExperimentLogger(t.log_to, self.run_dir, self.config.to_dict()) if main else None
         if main:
-            save_config(self.config, self.run_dir / "config.yaml")
-            (self.run_dir / "classes.json").write_text(json.dumps(self.data.classes))
+            run = RunDir(self.run_dir)
+            run.write_config(self.config)
+            run.write_classes(self.data.classes)
+            run.write_fingerprint(self.data.classes, len(self.data.train))
             where = f"epoch {self.epoch + 1}"
             if self.batch_in_epoch >= self.batches_per_epoch:
                 where = f"the end of {where}"
@@ -718,7 +693,7 @@ class Trainer:
                 print(f"stopped ({stopped}) at {where}: re-run the same command to resume", flush=True)
             elif self.history and t.plot:
                 plot_curves(self.history, self.run_dir / "curves.png")
-            write_json(self.run_dir / "summary.json", summary)
+            RunDir(self.run_dir).write_summary(summary)
             logger.close()
         return summary
 
@@ -755,11 +730,3 @@ class Trainer:
 def train(config: Config, run_dir: str | Path, device: torch.device | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` and return its summary."""
     return Trainer(config, Path(run_dir), device).fit()
-
-
-def load_run_config(run_dir: Path) -> tuple[Config, list[str]]:
-    """The resolved config and class list a run was trained with."""
-    config_path, classes_path = run_dir / "config.yaml", run_dir / "classes.json"
-    if not config_path.is_file() or not classes_path.is_file():
-        raise UserError(f"{run_dir} is not a training run: train it first with `facenext train CONFIG --out {run_dir}`")
-    return config_from_dict(yaml.safe_load(config_path.read_text())), json.loads(classes_path.read_text())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .convnext import VARIANTS, ConvNeXt
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 TIMM_PREFIX = "timm:"
 
@@ -53,6 +57,26 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     spec = {f.name: getattr(VARIANTS[name], f.name) for f in dataclasses.fields(VARIANTS[name]) if f.name != "extra"}
     spec.update(kwargs)
     return ConvNeXt(num_classes=num_classes, **spec)
+
+
+def model_from_config(config: Config, num_classes: int) -> nn.Module:
+    """The model ``config.model`` describes, with ``num_classes`` outputs; a bad architecture is a UserError."""
+    m = config.model
+    try:
+        return create_model(
+            m.name,
+            num_classes=num_classes,
+            dims=tuple(m.dims) if m.dims else None,
+            depths=tuple(m.depths) if m.depths else None,
+            drop_path_rate=m.drop_path_rate,
+            drop_rate=m.drop_rate,
+            embed_dim=m.embed_dim,
+            init_std=m.init_std,
+            classifier=m.classifier if m.classifier != "linear" else None,
+            cosine_scale=m.cosine_scale if m.classifier != "linear" else None,
+        )
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise UserError(f"cannot build model {m.name!r}: {e}") from None
 
 
 def count_parameters(model: nn.Module) -> int:
