@@ -18,7 +18,7 @@ from .engine.train import train
 from .ensemble import ensemble
 from .errors import UserError
 from .predict import predict
-from .verify import verify
+from .verification import verify
 
 
 def _sample_exists(root: Path) -> bool:
