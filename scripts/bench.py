@@ -412,10 +412,12 @@ def run(args: argparse.Namespace) -> str:
 
 
 def run_verify(args: argparse.Namespace) -> str:
-    """Time facenext.verify's scoring once embeddings exist: 1 M pairs over 10 k images, and 720 x 960 matching."""
+    """Time the verification scoring once embeddings exist: 1 M pairs over 10 k images, and 720 x 960 matching."""
     import tracemalloc
 
-    from facenext.verify import PAIR_CHUNK, pair_metrics, score_pairs, threshold_curve
+    from facenext.verification.identity import best_matches, threshold_curve
+    from facenext.verification.metrics import pair_metrics
+    from facenext.verification.pairs import PAIR_CHUNK, score_pairs
 
     torch.set_num_threads(args.threads)
     images, pairs, dim = (1000, 20_000, 512) if args.quick else (10_000, 1_000_000, 512)
@@ -457,9 +459,8 @@ def run_verify(args: argparse.Namespace) -> str:
     truth = names[rng.integers(0, known, unknown)]
 
     def identity() -> object:
-        similarity = probes @ gallery.T
-        best = similarity.argmax(1)
-        return threshold_curve(similarity[np.arange(unknown), best], names[best], truth, "n000000")
+        predicted, similarity = best_matches(probes @ gallery.T, names)
+        return threshold_curve(similarity, predicted, truth, "n000000")
 
     t_identity, _ = timed(identity, 5)
     lines = [

@@ -9,7 +9,8 @@ from sklearn.metrics import det_curve, roc_auc_score
 
 from facenext.cli import main
 from facenext.data.layout import find_layout, list_classes, list_images
-from facenext.verify import best_threshold, pair_metrics
+from facenext.verification.identity import best_threshold
+from facenext.verification.metrics import pair_metrics
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
 

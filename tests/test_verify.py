@@ -10,18 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import det_curve, roc_auc_score
+from sklearn.metrics import det_curve, roc_auc_score, roc_curve
 
 from facenext.cli import main
 from facenext.data.layout import find_layout, list_images
-from facenext.verify import (
-    accuracy_curve,
-    kfold_accuracy,
-    pair_metrics,
-    read_pairs,
-    score_pairs,
-    threshold_curve,
-)
+from facenext.verification.identity import threshold_curve
+from facenext.verification.metrics import accuracy_curve, kfold_accuracy, pair_metrics
+from facenext.verification.pairs import read_pairs, score_pairs
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
 
@@ -119,6 +114,42 @@ def test_ten_fold_accuracy():
     assert mean <= pair_metrics(overlapping, labels)["best_accuracy"] + 1e-9  # unseen folds can't beat in-sample
     noise_mean, _ = kfold_accuracy(rng.normal(size=6000), labels)
     assert noise_mean == pytest.approx(0.5, abs=0.04)
+
+
+def test_six_pairs_by_hand():
+    # sorted scores 0.9 G, 0.8 G, 0.7 I, 0.4 G, 0.3 I, 0.2 I: accepting >= 0.7 rejects one genuine of three and
+    # accepts one impostor of three, so FRR = FAR = 1/3 exactly there
+    scores = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2])
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    ours = pair_metrics(scores, labels)
+    assert ours["eer"] == pytest.approx(1 / 3) and ours["eer_threshold"] == pytest.approx(0.7)
+    assert ours["auc"] == pytest.approx(8 / 9)  # 0.4 loses to 0.7 only: 8 of 9 genuine-impostor orders right
+    assert ours["tar_at_far_0.001"] == ours["tar_at_far_0.01"] == pytest.approx(2 / 3)  # 0.9, 0.8 before any impostor
+    # 5 of 6 right between 0.3 and 0.4 or between 0.7 and 0.8; ties go to the lower threshold
+    assert ours["best_accuracy"] == pytest.approx(5 / 6) and ours["best_threshold"] == pytest.approx(0.35)
+    assert "10fold_accuracy" not in ours  # fewer pairs than folds
+
+
+def test_eer_between_two_roc_points_is_interpolated():
+    # a genuine and an impostor tie at 0.5: the ROC jumps diagonally from (FAR 0, TAR 1/2) to (1/2, 1), and the
+    # false-reject rate meets the false-accept rate halfway, at 1/4, at a threshold halfway from 0.9 to 0.5
+    ours = pair_metrics(np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 1, 0, 0]))
+    assert ours["eer"] == pytest.approx(0.25) and ours["eer_threshold"] == pytest.approx(0.7)
+    assert ours["auc"] == pytest.approx(0.875)  # 3 orders right and one tie of 4
+
+
+def test_threshold_sweep_agrees_with_scikit_learn_roc_curve():
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(labels, 1.0), 1)  # many ties
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    positives, negatives = labels.sum(), len(labels) - labels.sum()
+    sklearn = (tpr * positives + (1 - fpr) * negatives) / len(labels)  # accuracy of score >= t, t descending
+    np.testing.assert_array_equal(thresholds[1:], np.unique(scores)[::-1])  # "above all", then each distinct score
+    ours_thresholds, ours = accuracy_curve(scores, labels)
+    # ours ascend: just below each distinct score, then above all
+    assert np.all(ours_thresholds[:-1] < np.unique(scores)) and ours_thresholds[-1] > scores.max()
+    np.testing.assert_allclose(ours[::-1], sklearn)
 
 
 def test_chunked_pair_scoring_equals_the_direct_computation():

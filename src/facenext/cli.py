@@ -84,7 +84,7 @@ def _check_submission(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from .verify import verify
+    from .verification import verify
 
     verify(args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache)
 

@@ -18,7 +18,7 @@ from .ensemble import ensemble
 from .errors import UserError
 from .io import write_json
 from .predict import predict
-from .verify import verify
+from .verification import verify
 
 
 def _sample_exists(root: Path) -> bool:

@@ -1,0 +1,37 @@
+"""``facenext verify``: embed with a run's model, then evaluate on dev and write the test submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data.layout import find_layout
+from ..engine.checkpoint import write_json
+from .embeddings import EmbeddingCache, open_run, weights_fingerprint
+from .identity import verify_identities
+from .pairs import verify_pairs
+
+
+def verify(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    tta: str | None = None,
+    weights: str = "best",
+    data_root: str | None = None,
+    cache: bool = True,
+) -> dict[str, Any]:
+    """Score the dev verification set and write the test submission, for whichever family the term uses.
+
+    ``cache=False`` recomputes every embedding (and refreshes the cache files).
+    """
+    run, facts = open_run(run_dir, weights)
+    tta = tta or facts.tta
+    out = Path(out_dir) if out_dir else Path("submissions") / run.name
+    layout = find_layout(data_root or facts.data_root, facts.term)
+    embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
+    family = verify_identities if layout.term.verification == "identity" else verify_pairs
+    result = family(embeddings, layout, out)
+    summary = {"run": str(run.path), "term": layout.term.key, "tta": tta, **result}
+    summary["embedded_images"] = embeddings.embedded
+    write_json(out / "verify.json", summary)
+    return summary

@@ -1,0 +1,130 @@
+"""Identity matching: each unknown face gets the known identity of highest cosine similarity, or the term's
+no-match label (``n000000``) below a threshold tuned on ``unknown_dev`` (terms without one, F22, never reject).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.layout import Layout, list_classes, list_images
+from ..errors import UserError
+from ..submission import verification_ids, write_submission
+from .embeddings import EmbeddingCache
+from .metrics import best_point, genuine_impostor, roc, threshold_sweep
+from .plots import plot_threshold_curve, write_score_figures
+
+NO_THRESHOLD = -1.0  # the lowest cosine similarity: accept every match
+
+
+def known_gallery(cache: EmbeddingCache, layout: Layout) -> tuple[np.ndarray, list[str]]:
+    """One normalised embedding per known identity (the mean of its images' embeddings), and the identities."""
+    names = list_classes(layout.known)
+    paths, owners = [], []
+    for i, name in enumerate(names):
+        for f in list_images(layout.known / name):
+            paths.append(layout.known / name / f)
+            owners.append(i)
+    feats = cache.get("known", paths)
+    gallery = np.zeros((len(names), feats.shape[1]), dtype=np.float32)
+    np.add.at(gallery, np.array(owners), feats)
+    return gallery / np.linalg.norm(gallery, axis=1, keepdims=True), names
+
+
+def best_matches(similarity: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Best-matching known identity and its similarity for each row of an unknown x known similarity matrix."""
+    best = similarity.argmax(1)
+    return np.array(names)[best], similarity[np.arange(len(best)), best]
+
+
+def threshold_curve(
+    similarity: np.ndarray, predicted: np.ndarray, truth: np.ndarray, no_match: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Identity-matching accuracy for every distinct threshold (below it: ``no_match``), thresholds ascending."""
+    rejected_right = truth == no_match if no_match is not None else np.zeros(len(truth), dtype=bool)
+    return threshold_sweep(similarity, predicted == truth, rejected_right)
+
+
+def best_threshold(
+    similarity: np.ndarray, predicted: np.ndarray, truth: np.ndarray, no_match: str | None
+) -> tuple[float, float]:
+    """The threshold (below it: ``no_match``) with the best accuracy on labelled images, and that accuracy."""
+    return best_point(*threshold_curve(similarity, predicted, truth, no_match))
+
+
+def genuine_and_impostor(similarity: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine scores (each image against its true known identity) and impostor ones (against every other)."""
+    column = {name: i for i, name in enumerate(names)}
+    owner = np.array([column.get(t, -1) for t in truth])
+    is_genuine = np.zeros_like(similarity, dtype=bool)
+    has = owner >= 0
+    is_genuine[np.flatnonzero(has), owner[has]] = True
+    return similarity[is_genuine], similarity[~is_genuine]
+
+
+def evaluate_identities(
+    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], out: Path
+) -> tuple[dict[str, Any], float]:
+    """Dev accuracy with the tuned threshold, its curve and figures; the summary entries and the threshold."""
+    dev_files = list_images(layout.unknown_dev)
+    truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
+    if len(truth) != len(dev_files):
+        raise UserError(f"{layout.ver_dev_labels} has {len(truth)} labels for {len(dev_files)} unknown_dev images")
+    similarity = cache.get("unknown_dev", [layout.unknown_dev / f for f in dev_files]) @ gallery.T
+    predicted, best_similarity = best_matches(similarity, names)
+    thresholds, accuracy = threshold_curve(best_similarity, predicted, truth, layout.term.no_match)
+    threshold, dev_accuracy = best_point(thresholds, accuracy)
+    curve_csv, curve_png = out / "threshold_curve.csv", out / "threshold_curve.png"
+    write_submission(curve_csv, {"threshold": thresholds, "accuracy": accuracy})
+    plot_threshold_curve(curve_png, thresholds, accuracy, threshold)
+    summary: dict[str, Any] = dict(
+        dev_accuracy=dev_accuracy,
+        dev_accuracy_no_threshold=float((predicted == truth).mean()),
+        threshold=threshold,
+        dev_images=len(truth),
+        threshold_curve_csv=str(curve_csv),
+        threshold_curve_png=str(curve_png),
+    )
+    genuine, impostor = genuine_and_impostor(similarity, truth, names)
+    if len(genuine) and len(impostor):
+        pairs = roc(*genuine_impostor(genuine, impostor))
+        summary.update(dev_pair_eer=pairs.eer, dev_pair_auc=pairs.auc)
+    summary.update(write_score_figures(out, genuine, impostor, layout.term.key))
+    print(
+        f"verification dev accuracy {dev_accuracy:.4f} at threshold {threshold:.3f} "
+        f"({summary['dev_accuracy_no_threshold']:.4f} without threshold, {len(truth)} images)"
+    )
+    return summary, threshold
+
+
+def write_identity_submission(
+    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], threshold: float, out: Path
+) -> dict[str, Any]:
+    """The test submission: each ``unknown_test`` image's best identity, or no match below ``threshold``."""
+    ids, files = verification_ids(layout)
+    similarity = cache.get("unknown_test", [layout.unknown_test / f for f in files]) @ gallery.T
+    predicted, best_similarity = best_matches(similarity, names)
+    no_match = layout.term.no_match
+    labels = np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
+    path = out / "verification_submission.csv"
+    write_submission(path, {"id": ids, "label": labels}, layout=layout, kind="verification")
+    print(f"wrote {path} ({len(ids)} rows)")
+    return {"submission": str(path)}
+
+
+def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
+    """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present)."""
+    if layout.known is None or layout.unknown_dev is None:
+        raise UserError(f"no verification data (known/, unknown_dev/) found under {layout.root}")
+    gallery, names = known_gallery(cache, layout)
+    summary: dict[str, Any] = {"known_identities": len(names)}
+    threshold = NO_THRESHOLD
+    if layout.ver_dev_labels is not None:
+        dev, threshold = evaluate_identities(cache, layout, gallery, names, out)
+        summary.update(dev)
+    if layout.unknown_test is not None:
+        summary.update(write_identity_submission(cache, layout, gallery, names, threshold, out))
+    return summary
