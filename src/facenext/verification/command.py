@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.layout import find_layout
-from ..engine.checkpoint import write_json
+from ..io import write_json
 from .embeddings import EmbeddingCache, open_run, weights_fingerprint
 from .identity import verify_identities
 from .pairs import verify_pairs

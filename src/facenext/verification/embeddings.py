@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.checkpoint import atomic_write
 from ..inference import LoadedRun, embed, load_run
+from ..io import atomic_write
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
     """The run's model with ``weights`` and the facts verification needs: the one place that reads the run folder."""
     run = load_run(run_dir, weights)
     data = run.config.data
-    weights_file = run.path / ("last.pt" if weights == "ema" else f"{weights}.pt")  # EMA weights live in last.pt
+    weights_file = run.folder.weights_file(weights)
     return run, RunFacts(weights, weights_file, data.image_size, run.config.verify.tta, data.root, data.term)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.checkpoint import atomic_write
+from ..io import atomic_write
 from .metrics import genuine_impostor, roc
 
 
