@@ -11,7 +11,7 @@ from facenext.cli import main
 from facenext.data.layout import find_layout, list_classes, list_images
 from facenext.verify import best_threshold, pair_metrics
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, data_root
+from .conftest import data_root, train_args
 
 
 def test_training_writes_the_run_folder_and_learns(trained_run):
@@ -31,8 +31,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_extending_resumes(trained_r
     run = tmp_path / "copy"
     shutil.copytree(trained_run, run)
     config = json.loads((trained_run / "summary.json").read_text())
-    args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run)]
-    args += [f"data.root={data_root(trained_run)}", *TINY_MODEL, *TINY_TRAIN]
+    args = train_args(data_root(trained_run), run)
     assert main([*args, "train.epochs=20"]) == 0
     assert "epoch 21 of 20" in capsys.readouterr().out
     assert len(pd.read_csv(run / "metrics.csv")) == 20
