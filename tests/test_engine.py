@@ -16,15 +16,10 @@ import torch
 from facenext.checkpoint import load_checkpoint
 from facenext.cli import main
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+from .conftest import train_args
 
-CONFIG = str(ROOT / "configs" / "demo.yaml")
 # A LayerNorm model without stochastic parts: per-sample computations, so batches can be split exactly.
 LN_MODEL = ["model.name=tiny", "model.dims=[8,16,24,32]", "model.depths=[1,1,1,1]", "model.drop_path_rate=0.0"]
-
-
-def train_args(sample, run, *extra):
-    return ["train", CONFIG, "--out", str(run), f"data.root={sample}", *TINY_MODEL, *TINY_TRAIN, *extra]
 
 
 def weights(path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from facenext.data.layout import find_layout
 from facenext.data.sample import write_sample_competition
 from facenext.submission import classification_ids
 
-from .test_cli import assert_user_error
+from .conftest import assert_user_error, facenext_process
 
 SLUG = "my-comp"
 
@@ -39,14 +37,8 @@ def zip_bytes(competition) -> bytes:
 
 
 def run(env, *args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "facenext", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
+    """A separate process: the kaggle client reads its credentials, proxy and home from the environment it starts in."""
+    return facenext_process(*args, env=env, cwd=cwd, timeout=120)
 
 
 def download(fake, tmp_path, *extra, env=None):

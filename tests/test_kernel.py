@@ -18,11 +18,9 @@ from facenext.data.sample import write_sample_competition
 from facenext.errors import UserError
 from facenext.kernel import build_bundle, kaggle_username
 
-from .test_cli import assert_user_error
+from .conftest import CONFIG, assert_user_error
 from .test_kaggle import run
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "demo.yaml"
 SLUG = "my-comp"
 TINY = ["train.epochs=2", "data.image_size=48"]
 

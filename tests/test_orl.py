@@ -12,7 +12,9 @@ from facenext.cli import main
 from facenext.data.datasets import image_folder
 from facenext.data.layout import find_layout, list_classes
 
-from .conftest import ORL, ROOT
+from .conftest import ORL, ROOT, needs_orl
+
+pytestmark = needs_orl
 
 
 def eigenfaces_accuracy(layout) -> float:

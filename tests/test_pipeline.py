@@ -12,7 +12,7 @@ from facenext.data.layout import find_layout, list_classes, list_images
 from facenext.verification.identity import best_threshold
 from facenext.verification.metrics import pair_metrics
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+from .conftest import data_root, train_args
 
 
 def test_training_writes_the_run_folder_and_learns(trained_run):
@@ -32,20 +32,13 @@ def test_rerunning_a_finished_run_trains_nothing_and_extending_resumes(trained_r
     run = tmp_path / "copy"
     shutil.copytree(trained_run, run)
     config = json.loads((trained_run / "summary.json").read_text())
-    args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run)]
-    args += [f"data.root={find_layout_root(trained_run)}", *TINY_MODEL, *TINY_TRAIN]
+    args = train_args(data_root(trained_run), run)
     assert main([*args, "train.epochs=20"]) == 0
     assert "epoch 21 of 20" in capsys.readouterr().out
     assert len(pd.read_csv(run / "metrics.csv")) == 20
     assert main([*args, "train.epochs=21"]) == 0
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(1, 22))
     assert config["epochs"] == 20
-
-
-def find_layout_root(run):
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]
 
 
 def test_predict_writes_a_submission_in_the_competition_format(trained_run, sample, tmp_path):
@@ -86,11 +79,8 @@ def test_verify_matches_identities_with_a_tuned_threshold(trained_run, sample, t
     assert set(submission["label"]) <= set(list_classes(layout.known)) | {"n000000"}
 
 
-def test_verify_scores_pairs_on_the_f24_layout(sample_f24, tmp_path):
-    run = tmp_path / "f24run"
-    args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run), f"data.root={sample_f24}"]
-    assert main([*args, "train.epochs=2", *TINY_MODEL, *TINY_TRAIN]) == 0
-    assert main(["verify", str(run), "--out", str(tmp_path)]) == 0
+def test_verify_scores_pairs_on_the_f24_layout(f24_run, sample_f24, tmp_path):
+    assert main(["verify", str(f24_run), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "verify.json").read_text())
     assert 0 <= summary["dev_eer"] <= 1 and 0 <= summary["dev_auc"] <= 1
     submission = pd.read_csv(tmp_path / "verification_submission.csv")

@@ -16,6 +16,8 @@ from facenext.errors import UserError
 from facenext.inference import load_run, merge_outputs, parse_tta, run_model
 from facenext.submission import check_submission, classification_ids, verification_ids, write_submission
 
+from .conftest import data_root
+
 SPECS = {"none": 1, "flip": 2, "five@0.9": 5, "ten@0.9": 10, "scales@0.9,1.0,1.1": 3, "flip+five@0.9": 10}
 
 
@@ -123,7 +125,7 @@ def test_ensemble_fits_non_negative_weights_with_a_cross_validated_report(traine
     assert (weights >= 0).all() and abs(weights.sum() - 1) < 1e-6
     assert {"fit_acc", "equal_acc", "acc_gain", "fit_loss", "equal_loss", "folds"} <= set(summary["cv"])
     assert summary["dev_acc_fit"] >= 0.5 and len(pd.read_csv(out)) == summary["rows"]
-    check_submission(out, find_layout(find_layout_root(trained_run)), "classification")
+    check_submission(out, find_layout(data_root(trained_run)), "classification")
 
     # A run predicted on another class list is refused, naming what differs.
     with np.load(preds / "r_crop" / "test_logits.npz") as data:
@@ -134,12 +136,6 @@ def test_ensemble_fits_non_negative_weights_with_a_cross_validated_report(traine
         from facenext.ensemble import ensemble
 
         ensemble(runs, out, preds)
-
-
-def find_layout_root(run):
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]
 
 
 def _rewrite(path, frame):

@@ -9,7 +9,7 @@ from facenext.competitions import get_term
 from facenext.data.layout import find_layout, list_classes, list_images
 from facenext.data.sample import write_sample_competition
 
-from .conftest import ORL
+from .conftest import ORL, needs_orl
 
 
 def tree_digest(root):
@@ -78,6 +78,7 @@ def test_s23_uses_five_digit_test_ids(tmp_path):
     assert list_images(layout.test)[0] == "00000.jpg"
 
 
+@needs_orl
 def test_from_a_folder_per_identity_dataset(tmp_path):
     summary = write_sample_competition(tmp_path / "orl", source_folder=ORL, seed=0)
     layout = find_layout(tmp_path / "orl")

@@ -216,14 +216,6 @@ def test_identity_verify_caches_embeddings_and_writes_figures(trained_run, sampl
     assert json.loads((out / "verify.json").read_text())["embedded_images"] == images
 
 
-@pytest.fixture(scope="module")
-def f24_run(sample_f24, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "f24"
-    args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run), f"data.root={sample_f24}"]
-    assert main([*args, "train.epochs=6", *TINY_MODEL, *TINY_TRAIN]) == 0
-    return run
-
-
 def test_pair_verify_reports_the_field_metrics(f24_run, sample_f24, tmp_path):
     out = tmp_path / "ver"
     assert main(["verify", str(f24_run), "--out", str(out)]) == 0
