@@ -14,9 +14,8 @@ from facenext.device import amp_dtype, describe_device
 from facenext.engine.train import Trainer, build_scheduler, rng_state, set_rng_state
 from facenext.losses import CosineClassifier
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+from .conftest import CONFIG, train_args
 
-CONFIG = ROOT / "configs" / "demo.yaml"
 # (name, compute capability, expected autocast dtype): emulated bf16 on pre-Ampere cards must not count.
 CARDS = [
     ("Tesla P100-PCIE-16GB", (6, 0), torch.float16),
@@ -29,11 +28,8 @@ CARDS = [
 
 
 def overrides(sample, *extra):
-    return [f"data.root={sample}", *TINY_MODEL, *TINY_TRAIN, *extra]
-
-
-def train_args(sample, run, *extra):
-    return ["train", str(CONFIG), "--out", str(run), *overrides(sample, *extra)]
+    """``train_args``'s overrides, for building a Trainer in this process."""
+    return train_args(sample, "unused", *extra)[4:]
 
 
 def fake_cards(monkeypatch, cards: dict[int, tuple[str, tuple[int, int]]]) -> list[torch.device]:
