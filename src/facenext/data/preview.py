@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..config import Config
 from ..errors import UserError
+from ..io import atomic_write
 from .datasets import FaceImages, image_folder, load_rgb
 from .layout import find_layout, list_classes
 from .transforms import eval_transform, train_transform
@@ -48,8 +49,11 @@ def preview_grid(config: Config, n: int = 16) -> np.ndarray:
 
 def write_preview(config: Config, out: str | Path, n: int = 16) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file's name says nothing about the format: take it from the final name, as PIL would.
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None:
+        raise UserError(f"--out {out}: unknown image type {out.suffix!r}, use .png or .jpg")
     grid = preview_grid(config, n)
-    Image.fromarray(grid).save(out)
+    atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format=image_format))
     print(f"wrote {out}: {grid.shape[1]}x{grid.shape[0]} px, each original on the left of its augmented version")
     return out
