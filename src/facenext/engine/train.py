@@ -349,7 +349,7 @@ class Trainer:
 
     def _init_from(self, run: Path) -> None:
         """Start from another run's weights; a classifier of another size is left freshly initialised."""
-        path = run / "best.pt" if run.is_dir() else run
+        path = RunDir(run).weights_file("best") if run.is_dir() else run
         state = load_checkpoint(path)["model"]
         own = self.model.state_dict()
         compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -611,7 +611,8 @@ class Trainer:
         score, source = (ema_acc, "ema") if use_ema else (dev_acc, "raw")
         finite = all_finite(self.ema.module if use_ema else self.model)
         # Without a dev split there is nothing to rank by: the latest epoch is the best one.
-        improved = finite and (score > self.best_acc or math.isnan(score) or not (self.run_dir / "best.pt").exists())
+        best = RunDir(self.run_dir).weights_file("best")
+        improved = finite and (score > self.best_acc or math.isnan(score) or not best.exists())
         if improved:
             self.best_acc, self.best_source = score, source
         keep = finite and self.config.train.keep_top_k > 0 and not math.isnan(score)
@@ -619,7 +620,7 @@ class Trainer:
         state = self.state(rng)
         weights = state["ema"] if use_ema else state["model"]
         if improved:
-            save_checkpoint(self.run_dir / "best.pt", {**state, "model": weights, "best_source": source})
+            save_checkpoint(best, {**state, "model": weights, "best_source": source})
         if keep and any(name == self._top_name() for _, _, name in self.top):
             meta = {"epoch": self.epoch, "dev_acc": score, "config": state["config"], "classes": state["classes"]}
             save_checkpoint(self.run_dir / "top" / self._top_name(), {"model": weights, **meta})
