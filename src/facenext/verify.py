@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .data.layout import Layout, find_layout, list_classes, list_images
+from .data.layout import Layout, find_layout, list_classes, list_images, read_pairs
 from .engine.checkpoint import atomic_write, write_json
 from .errors import UserError
 from .inference import LoadedRun, embed, load_run
@@ -365,21 +365,6 @@ def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[
         summary["submission"] = str(path)
         print(f"wrote {path} ({len(ids)} rows)")
     return summary
-
-
-def read_pairs(path: Path, labelled: bool, csv: bool = False) -> pd.DataFrame:
-    """Pairs as columns img1, img2 (and label): space-separated lines (F24 on), or S22's CSV with a header."""
-    columns = ["img1", "img2", "label"] if labelled else ["img1", "img2"]
-    if csv:
-        frame = pd.read_csv(path, dtype=str)
-        if frame.shape[1] < len(columns):
-            raise UserError(f"{path}: expected columns like img_path1,img_path2{',gt' if labelled else ''}")
-        frame = frame.iloc[:, : len(columns)].set_axis(columns, axis=1)
-    else:
-        frame = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype=str)
-    if frame.isna().any().any():
-        raise UserError(f"{path}: every line must hold {len(columns)} fields")
-    return frame
 
 
 def pair_scores(cache: EmbeddingCache, split: str, base: Path, pairs: pd.DataFrame) -> np.ndarray:
