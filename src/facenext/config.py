@@ -87,6 +87,8 @@ class TrainConfig:
 class PredictConfig:
     tta: str = "flip"  # none or flip
     batch_size: int = 256
+    # F26's combined file: cls+ver-rows or sample (default: the download's *sample_submission*.csv, else refused)
+    submission_format: str | None = None
 
 
 @dataclass

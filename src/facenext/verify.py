@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from .combined import save_pair_scores, write_run_submission
+from .competitions.families import pair_image_base
 from .data.layout import Layout, find_layout, list_classes, list_images, read_pairs
 from .engine.checkpoint import atomic_write, write_json
 from .errors import UserError
@@ -162,6 +164,13 @@ def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -
     eer = fpr[i - 1] + w * (fpr[i] - fpr[i - 1])
     t_prev = min(thresholds[i - 1], thresholds[i] + 1.0) if np.isinf(thresholds[i - 1]) else thresholds[i - 1]
     return float(eer), float(t_prev + w * (thresholds[i] - t_prev))
+
+
+def eer_and_auc(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """EER and ROC AUC alone: the per-epoch dev score of pair terms during training (``facenext.scoring``)."""
+    labels = np.asarray(labels).astype(int)
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
+    return equal_error_rate(fpr, tpr, thresholds)[0], float(roc_auc_score(labels, scores))
 
 
 def pair_metrics(scores: np.ndarray, labels: np.ndarray, folds: int = 10) -> dict[str, float]:
@@ -378,10 +387,9 @@ def pair_scores(cache: EmbeddingCache, split: str, base: Path, pairs: pd.DataFra
 def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
     if layout.val_pairs is None:
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
-    base = layout.val_pairs.parent
     summary: dict[str, Any] = {}
     val = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
-    scores = pair_scores(cache, "dev", base, val)
+    scores = val_scores = pair_scores(cache, "dev", pair_image_base(layout, val["img1"].iloc[0]), val)
     labels = val["label"].astype(int).to_numpy()
     metrics = pair_metrics(scores, labels)
     summary.update({f"dev_{k}": v for k, v in metrics.items()}, dev_pairs=len(val))
@@ -392,14 +400,18 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, 
         f"AUC {metrics['auc']:.4f}, TAR@FAR1e-3 {metrics['tar_at_far_0.001']:.4f}, "
         f"best accuracy {metrics['best_accuracy']:.4f}{folds} ({len(val)} pairs)"
     )
+    test_scores = None
     if layout.test_pairs is not None:
         test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
-        path = out / "verification_submission.csv"
-        id_col, score_col = layout.term.pair_header
-        scores = pair_scores(cache, "test", base, test)
-        write_submission(path, {id_col: range(len(test)), score_col: scores}, layout=layout, kind="verification")
-        summary["submission"] = str(path)
-        print(f"wrote {path} ({len(test)} rows)")
+        test_scores = pair_scores(cache, "test", pair_image_base(layout, test["img1"].iloc[0]), test)
+        if layout.family.name != "combined":  # F26's file carries both parts (written below, in verify)
+            path = out / "verification_submission.csv"
+            id_col, score_col = layout.term.pair_header
+            columns = {id_col: range(len(test)), score_col: test_scores}
+            write_submission(path, columns, layout=layout, kind="verification")
+            summary["submission"] = str(path)
+            print(f"wrote {path} ({len(test)} rows)")
+    save_pair_scores(out, val_scores, labels, test_scores)
     return summary
 
 
@@ -410,10 +422,13 @@ def verify(
     weights: str = "best",
     data_root: str | None = None,
     cache: bool = True,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
     """Score the dev verification set and write the test submission, for whichever family the term uses.
 
-    ``cache=False`` recomputes every embedding (and refreshes the cache files).
+    ``cache=False`` recomputes every embedding (and refreshes the cache files). For the combined task (F26) the
+    pair scores are saved and, once ``predict`` has saved the test logits in the same folder, the submission with
+    both parts is written in the format ``fmt`` (default: the sample submission or predict.submission_format).
     """
     run = load_run(run_dir, weights)
     tta = tta or run.config.verify.tta
@@ -422,6 +437,10 @@ def verify(
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(run, weights, tta), use_cache=cache)
     family = verify_identities if layout.term.verification == "identity" else verify_pairs
     result = family(embeddings, layout, out)
+    if layout.family.name == "combined":
+        combined = write_run_submission(out, layout, fmt or run.config.predict.submission_format, len(run.classes))
+        if combined is not None:
+            result["submission"] = str(combined)
     summary = {"run": str(run.path), "term": layout.term.key, "tta": tta, **result}
     summary["embedded_images"] = embeddings.embedded
     write_json(out / "verify.json", summary)
