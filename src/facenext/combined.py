@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.layout import Layout
-from .engine.checkpoint import atomic_write
+from .engine.checkpoint import atomic_write, write_json
 from .submission import classification_ids, write_combined
 
 PAIR_SCORES = "pair_scores.npz"
@@ -38,8 +38,11 @@ def load_pair_scores(folder: Path) -> dict[str, np.ndarray] | None:
         return {k: data[k] for k in data.files}
 
 
-def write_run_submission(out: Path, layout: Layout, fmt: str | None, num_classes: int) -> Path | None:
-    """``out/submission.csv`` with both parts once ``out`` holds the run's test logits and test pair scores."""
+def write_run_submission(out: Path, layout: Layout, fmt: str | None, num_classes: int, run: Path) -> Path | None:
+    """``out/submission.csv`` with both parts once ``out`` holds the run's test logits and test pair scores.
+
+    ``out/submission.json`` records the run and the format, for ``check-submission`` and ``submit``.
+    """
     logits_path, scores = out / "test_logits.npz", load_pair_scores(out)
     if not logits_path.is_file() or scores is None or "test_scores" not in scores:
         missing = "`facenext verify RUN`" if logits_path.is_file() else "`facenext predict RUN`"
@@ -53,5 +56,17 @@ def write_run_submission(out: Path, layout: Layout, fmt: str | None, num_classes
         return None
     path = out / "submission.csv"
     chosen = write_combined(path, layout, logits.argmax(1), scores["test_scores"], fmt, num_classes)
+    write_json(path.with_suffix(".json"), {"runs": [str(run)], "format": chosen.name, "term": layout.term.key})
     print(f"wrote {path} ({len(ids)} test images + {len(scores['test_scores'])} test pairs, format {chosen.name})")
     return path
+
+
+def recorded_format(file: str | Path) -> str | None:
+    """The format that ``ensemble``/``predict``/``verify`` recorded beside a combined submission (``<file>.json``)."""
+    import contextlib
+    import json
+
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        value = json.loads(Path(file).with_suffix(".json").read_text()).get("format")
+        return str(value) if value else None
+    return None

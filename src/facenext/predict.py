@@ -128,7 +128,7 @@ def predict(
         )
     elif layout.family.name == "combined":  # F26: one file with both parts, once verify has scored the pairs
         fmt = fmt or run.config.predict.submission_format
-        combined = write_run_submission(out, layout, fmt, len(run.classes))
+        combined = write_run_submission(out, layout, fmt, len(run.classes), run.path)
         if combined is not None:
             summary["submission"] = str(combined)
     else:

@@ -159,7 +159,7 @@ def _check_header(frame: pd.DataFrame, header: Sequence[str], name: Path) -> Non
 
 def _check_class_labels(values: pd.Series, ids: pd.Series, classes: int, name: Path) -> None:
     labels = pd.to_numeric(values, errors="coerce")
-    bad = labels.isna() | (labels < 0) | (labels >= classes) | (labels % 1 != 0)
+    bad = ~values.str.fullmatch(r"\d+") | labels.isna() | (labels >= classes)
     if bad.any():
         row = int(bad.to_numpy().argmax())
         raise UserError(
@@ -422,7 +422,8 @@ def write_combined(
     pairs' scores, in the format ``submission_format`` decides; checked before it takes its name."""
     chosen = submission_format(layout, fmt)
     columns = chosen.columns(layout, labels, scores)
-    frame = pd.DataFrame(columns)
+    # object columns: class ids stay integers ("12", not "12.0") beside the pairs' float scores
+    frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
 
     def verify(tmp: Path) -> None:
         chosen.check(read_submission(tmp, path), layout, path, num_classes)

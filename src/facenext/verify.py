@@ -438,7 +438,9 @@ def verify(
     family = verify_identities if layout.term.verification == "identity" else verify_pairs
     result = family(embeddings, layout, out)
     if layout.family.name == "combined":
-        combined = write_run_submission(out, layout, fmt or run.config.predict.submission_format, len(run.classes))
+        combined = write_run_submission(
+            out, layout, fmt or run.config.predict.submission_format, len(run.classes), run.path
+        )
         if combined is not None:
             result["submission"] = str(combined)
     summary = {"run": str(run.path), "term": layout.term.key, "tta": tta, **result}

@@ -77,6 +77,10 @@ class Family:
     def uses_pairs(self) -> bool:
         return False
 
+    def submission_parts(self, term: Term) -> tuple[str, ...]:
+        """What ``ensemble`` submits: class labels (``classification``) and/or pair scores (``pairs``)."""
+        return ("classification",)
+
     def write_sample(self, split, out: Path, term: Term, seed: int) -> None:
         """Write a sample competition of ``term`` from ``split`` into ``out``, as its download unpacks."""
         from ..data.sample import write_identity_competition
@@ -134,6 +138,10 @@ class PairScoring(Family):
         images = next((p / term.ver_images for p in [*places, folder] if (p / term.ver_images).is_dir()), None)
         return dict(ver_images=images, val_pairs=val, test_pairs=test)
 
+    def submission_parts(self, term: Term) -> tuple[str, ...]:
+        # S22 had a classification competition beside the pair one; F24 to S26 rank the pairs alone
+        return ("classification",) if len(term.slugs) > 1 else ("pairs",)
+
     def dev_score(self, dev_acc: float, eer: float | None = None, auc: float | None = None) -> float:
         value = auc if auc is not None else (1.0 - eer if eer is not None else math.nan)
         return float(value)
@@ -157,6 +165,9 @@ class Combined(PairScoring):
     @property
     def score_name(self) -> str:  # type: ignore[override]
         return "dev_score"
+
+    def submission_parts(self, term: Term) -> tuple[str, ...]:
+        return ("classification", "pairs")
 
     def dev_score(self, dev_acc: float, eer: float | None = None, auc: float | None = None) -> float:
         return combined_score(dev_acc, eer if eer is not None else math.nan)

@@ -31,6 +31,10 @@ MARKER = ".complete"  # written by `facenext download` (slug) and `facenext samp
 SAMPLE_GLOB = "*sample_submission*.csv"
 
 
+class AmbiguousData(UserError):
+    """More than one competition could be meant: the user must name one (never a silent pick)."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """Absolute paths of one competition's parts; a part the term does not have is None."""
@@ -211,11 +215,11 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
         expected = "; ".join(f"{t.key}: {family_of(t).describe(t)}" for t in wanted)
         raise UserError(f"no competition found under {root}: expected one of these layouts ({expected})")
     if len(found) > 1:
-        raise UserError(_ambiguity(root, found))
+        raise AmbiguousData(_ambiguity(root, found))
     (one,) = found
     if len(one.terms) > 1:
         keys = ", ".join(t.key for t in one.terms)
-        raise UserError(
+        raise AmbiguousData(
             f"{one.folder} holds a competition in a layout that terms {keys} share, and nothing says which: "
             f"set data.term (or pass --term) to one of {keys}"
         )
@@ -223,7 +227,7 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
     if layout.is_sample and term not in ("auto", "", None):
         others = [f for f in find_competitions(root, list(TERMS.values())) if f.folder != one.folder]
         if others:  # the demo's sample must never stand in silently for a real download beside it
-            raise UserError(_ambiguity(root, [one, *others]))
+            raise AmbiguousData(_ambiguity(root, [one, *others]))
     return layout
 
 
