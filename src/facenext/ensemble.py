@@ -263,7 +263,7 @@ def ensemble(
     dev_probs, labels = _dev_probs(folders, names, parts, weights == "fit" or fit_limit) if parts else (None, None)
     summary: dict[str, Any] = {"runs": names, "weighting": weights, "term": layout.term.key}
 
-    params = [run_parameters(r) for r in runs]
+    params = [run_parameters(r) or 0 for r in runs]  # an unknown count is named by check_limit below
     if fit_limit and layout.term.param_limit is not None:
         keep, report = fit_to_limit(names, params, layout.term.param_limit, family, dev_probs, labels, pairs, folds)
         left_out = [n for i, n in enumerate(names) if i not in keep]

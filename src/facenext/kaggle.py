@@ -306,10 +306,16 @@ TAG = re.compile(r"(\S+\|WB=[^\s|]+/[^\s|]+/[^\s|]+)")
 
 
 def _run_label(run: str | Path) -> str:
-    """``name (dev 0.9123)`` from the run's summary.json when it exists, else the run's name."""
+    """``name (dev 0.9123)`` from the run's summary.json when it exists (pair terms and F26: the term's own dev
+    score, ``name (dev score 0.8712)``), else the run's name."""
     run = Path(run)
     with contextlib.suppress(OSError, ValueError, TypeError):
-        acc = json.loads((run / "summary.json").read_text()).get("best_dev_acc")
+        summary = json.loads((run / "summary.json").read_text())
+        if summary.get("score") == "dev_1-eer" and summary.get("best_dev_eer") is not None:
+            return f"{run.name} (dev EER {float(summary['best_dev_eer']):.4f})"
+        if summary.get("score") not in (None, "dev_acc") and summary.get("best_dev_score") is not None:
+            return f"{run.name} ({summary['score'].replace('_', ' ')} {float(summary['best_dev_score']):.4f})"
+        acc = summary.get("best_dev_acc")
         if acc is not None:
             return f"{run.name} (dev {float(acc):.4f})"
     return run.name

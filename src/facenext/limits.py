@@ -17,8 +17,9 @@ from .errors import UserError
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def run_parameters(run: str | Path) -> int:
-    """The parameter count a run recorded (summary.json), else counted from its best or last checkpoint."""
+def run_parameters(run: str | Path) -> int | None:
+    """The parameter count a run recorded (summary.json), else counted from its best or last checkpoint; None when
+    the folder holds neither."""
     run = Path(run)
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         return int(json.loads((run / "summary.json").read_text())["parameters"])
@@ -28,7 +29,7 @@ def run_parameters(run: str | Path) -> int:
 
             state = torch.load(run / name, map_location="cpu", weights_only=True)["model"]
             return sum(v.numel() for k, v in state.items() if not k.endswith(BUFFERS) and v.is_floating_point())
-    raise UserError(f"{run}: no summary.json or checkpoint to count its parameters: name the runs' folders")
+    return None
 
 
 def runs_behind(file: str | Path, runs_root: str | Path = "runs") -> list[Path]:
@@ -46,7 +47,11 @@ def runs_behind(file: str | Path, runs_root: str | Path = "runs") -> list[Path]:
 
 def check_limit(runs: list[Path], term: Term, what: str = "the submission") -> int:
     """The runs' parameters together; a one-line UserError when they exceed the term's limit."""
-    counts = {Path(r).name: run_parameters(r) for r in runs}
+    found = {Path(r).name: run_parameters(r) for r in runs}
+    unknown = [name for name, n in found.items() if n is None]
+    if unknown and term.param_limit is not None:
+        print(f"note: {', '.join(unknown)}: no summary.json or checkpoint, parameters not counted against the limit")
+    counts = {name: n for name, n in found.items() if n is not None}
     total = sum(counts.values())
     limit = term.param_limit
     if limit is not None and total > limit:

@@ -421,6 +421,12 @@ def write_combined(
     """The combined (F26) submission from class labels (test images in ``classification_ids`` order) and the test
     pairs' scores, in the format ``submission_format`` decides; checked before it takes its name."""
     chosen = submission_format(layout, fmt)
+    images, pairs = len(classification_ids(layout)[0]), test_pair_count(layout)
+    if len(labels) != images or len(scores) != pairs:  # predictions from another data folder
+        raise UserError(
+            f"refusing to write {path}: {len(labels)} class labels and {len(scores)} pair scores for the "
+            f"{images} test images and {pairs} test pairs under {layout.root}: predict and verify on this data"
+        )
     columns = chosen.columns(layout, labels, scores)
     # object columns: class ids stay integers ("12", not "12.0") beside the pairs' float scores
     frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})

@@ -27,7 +27,6 @@ def combined_score(accuracy: float, eer: float) -> float:
 
 class Family:
     name = ""
-    parts: tuple[str, ...] = ()  # what a submission of this family carries
 
     # --- layout ------------------------------------------------------------------------------------------------
     def matches(self, folder: Path, term: Term) -> bool:
@@ -103,7 +102,6 @@ def _near(folder: Path, root: Path, name: str, marker: str) -> Path | None:
 
 class IdentityMatching(Family):
     name = "identity"
-    parts = ("classification", "verification")
 
     def verification_parts(self, folder: Path, term: Term, root: Path) -> dict[str, Path | None]:
         base = _near(folder, root, term.ver_dir, term.known)
@@ -118,11 +116,10 @@ class IdentityMatching(Family):
 
 class PairScoring(Family):
     name = "pairs"
-    parts = ("verification",)
 
     @property
     def score_name(self) -> str:  # type: ignore[override]
-        return "dev_eer"
+        return "dev_1-eer"  # ranked by the EER, lower is better: the score is 1 - EER, higher is better
 
     def uses_pairs(self) -> bool:
         return True
@@ -160,11 +157,10 @@ class AucPairScoring(PairScoring):
 
 class Combined(PairScoring):
     name = "combined"
-    parts = ("classification", "verification")
 
     @property
     def score_name(self) -> str:  # type: ignore[override]
-        return "dev_score"
+        return "dev_combined"
 
     def submission_parts(self, term: Term) -> tuple[str, ...]:
         return ("classification", "pairs")
