@@ -306,9 +306,8 @@ def ensemble(
     if pairs is not None:
         summary.update(dev_score(family, pair_w, None, None, pairs))
         if dev_probs is not None:
-            summary["dev_score"] = family.dev_score(
-                float((_mix(dev_probs, w).argmax(1) == labels).mean()), summary["dev_eer"]
-            )
+            summary["dev_acc"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
+            summary["dev_score"] = family.dev_score(summary["dev_acc"], summary["dev_eer"])
         print(f"ensemble dev EER {summary['dev_eer']:.4f}, dev score ({family.score_name}) {summary['dev_score']:.4f}")
     out = Path(out)
     summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt)
