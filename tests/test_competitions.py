@@ -373,3 +373,35 @@ def test_ensemble_of_one_f26_run_equals_its_parts(tmp_path):
     ids, _ = classification_ids(layout)
     assert frame["ID"].tolist()[: len(ids)] == ids
     assert summary["dev_score"] == pytest.approx(combined_score(summary["dev_acc"], summary["dev_eer"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole F26 path
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_demo_term_f26_runs_the_combined_task_end_to_end(tmp_path, capsys):
+    from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+
+    data, run_dir, subs = tmp_path / "data" / "f26", tmp_path / "runs" / "demo", tmp_path / "submissions"
+    write_sample_competition(data, "f26", identities=4, images_per_identity=8, size=32)
+    args = ["demo", "--term", "f26", "--config", str(ROOT / "configs" / "demo.yaml"), "--data", str(data)]
+    args += ["--run", str(run_dir), "--submissions", str(subs), "train.epochs=2", *TINY_MODEL, *TINY_TRAIN]
+    assert main(args) == 0
+    assert "passes check-submission (cls+ver-rows)" in capsys.readouterr().out
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")  # every epoch in the competition's own metric
+    assert len(metrics) == 2 and metrics["dev_eer"].between(0, 1).all()
+    expected = 0.5 * metrics["dev_acc"] + 0.5 * (1 - metrics["dev_eer"])
+    assert np.allclose(metrics["dev_score"], expected, atol=1e-5)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["score"] == "dev_combined" and summary["best_dev_score"] == pytest.approx(metrics["dev_score"].max())
+
+    demo = json.loads((subs / "demo_summary_f26.json").read_text())
+    assert demo["test_score"] == pytest.approx(combined_score(demo["test_accuracy"], demo["test_eer"]))
+    assert demo["format"] == "cls+ver-rows" and "of 30 M" in demo["limit"]
+    layout = find_layout(data, "f26")
+    frame = pd.read_csv(subs / "submission_f26.csv", dtype=str)
+    images, _ = classification_ids(layout)
+    assert len(frame) == len(images) + len(layout.test_pairs.read_text().splitlines())
+    assert main(["check-submission", str(subs / "submission_f26.csv"), "--data", str(data), "--term", "f26"]) == 0
