@@ -405,3 +405,22 @@ def test_demo_term_f26_runs_the_combined_task_end_to_end(tmp_path, capsys):
     images, _ = classification_ids(layout)
     assert len(frame) == len(images) + len(layout.test_pairs.read_text().splitlines())
     assert main(["check-submission", str(subs / "submission_f26.csv"), "--data", str(data), "--term", "f26"]) == 0
+
+
+def test_download_f26_then_check_data(fake, tmp_path):
+    import io
+    import zipfile
+
+    folder = current_layout(tmp_path / "zip" / "hw2p2_data")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder.parent).as_posix())  # the zip holds hw2p2_data/...
+    fake.zip_bytes = buffer.getvalue()
+    slug = "hw-2-p-2-fall-2026-student-competition"
+    result = run(fake.env(tmp_path), "download", slug, "--out", tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    result = run(fake.env(tmp_path), "check-data", tmp_path / "data")  # the marker's slug names the term
+    assert result.returncode == 0, result.stderr
+    assert "term f26 (Fall 2026)" in result.stdout and "test_pairs: 2 pairs" in result.stdout

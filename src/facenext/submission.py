@@ -127,7 +127,9 @@ def read_submission(path: Path, name: Path | None = None) -> pd.DataFrame:
     ids = frame.iloc[:, 0]
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
-        raise UserError(f"{name}: {len(duplicated)} duplicate ids (first {duplicated.iloc[0]!r}): rewrite the file")
+        raise UserError(
+            f"{name}: {len(duplicated)} duplicate ids (duplicated id {duplicated.iloc[0]!r}): rewrite the file"
+        )
     if frame.isna().any().any():
         raise UserError(f"{name}: {int(frame.isna().any(axis=1).sum())} rows with missing values: rewrite the file")
     return frame
