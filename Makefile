@@ -1,6 +1,7 @@
 # FaceNext: the user's door. Every target runs inside .venv, created by `make setup` when missing.
 # Variables: CONFIG (training recipe), RUN / RUNS (run folders), COMP (Kaggle slug), FILE, MSG (default: names the
-# runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit), PUSH (kernel).
+# runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit), PUSH (kernel), TERM (demo: f23 or f26),
+# FIT_LIMIT=1 (ensemble: the best runs that fit the limit), TAG and WANDB (submit: the grading tag).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,8 +28,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
+# TERM=f26: the combined task (F26 layout, 0.5 acc + 0.5 (1 - EER), one submission with both parts)
+TERM ?= f23
 demo: setup
-	$(FACENEXT) demo
+	$(FACENEXT) demo --term $(TERM)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -49,7 +52,7 @@ predict: setup
 		$(FACENEXT) predict $$run $(PREDICT_ARGS) || exit $$?; done
 
 ensemble: setup
-	$(FACENEXT) ensemble $(RUNS) --out $(FILE) --weights $(or $(WEIGHTS),equal)
+	$(FACENEXT) ensemble $(RUNS) --out $(FILE) --weights $(or $(WEIGHTS),equal) $(if $(FIT_LIMIT),--fit-limit)
 
 check-submission: setup
 	$(FACENEXT) check-submission $(FILE) --data $(DATA)
@@ -58,10 +61,11 @@ verify: setup
 	$(FACENEXT) verify $(RUN)
 
 submit: setup
-	$(FACENEXT) submit $(FILE) --competition $(COMP) $(if $(MSG),--message "$(MSG)")
+	$(FACENEXT) submit $(FILE) --competition $(COMP) $(if $(MSG),--message "$(MSG)") $(if $(TAG),--tag $(TAG)) \
+		$(if $(WANDB),--wandb $(WANDB))
 
 clean-demo:
-	rm -rf data/sample runs/demo submissions/demo submissions/*.csv submissions/*.json
+	rm -rf data/sample data/sample_* runs/demo submissions/demo submissions/*.csv submissions/*.json
 
 bench: setup
 	$(BIN)/python scripts/bench.py --section throughput --out benchmarks/model.md

@@ -27,6 +27,7 @@ class FakeKaggle:
     def _state(self) -> None:
         self.pending_polls = 0  # ListSubmissions answers PENDING this many times, then COMPLETE
         self.score = "0.91234"
+        self.description = "lean convnext"  # the last submission's description (CreateSubmission sets it)
         self.submission_error = ""  # when set, the submission ends in ERROR with this description
         self.datasets: set[str] = set()  # owner/slug of the datasets that exist (GetDatasetStatus answers READY)
         self.kernel_status = "COMPLETE"
@@ -44,7 +45,7 @@ class FakeKaggle:
     def listed_submissions(self) -> list[dict]:
         """The one submission (ref 42): PENDING for ``pending_polls`` listings, then COMPLETE (or ERROR)."""
         polls = sum(path.endswith("ListSubmissions") for _, path, _ in self.requests)
-        row = {"ref": 42, "fileName": "submission.csv", "date": "2026-01-02T03:04:05Z", "description": "lean convnext"}
+        row = {"ref": 42, "fileName": "submission.csv", "date": "2026-01-02T03:04:05Z", "description": self.description}
         if polls <= self.pending_polls:
             return [{**row, "status": "PENDING"}]
         if self.submission_error:
@@ -115,6 +116,7 @@ def _handler(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             elif path.startswith("/upload/"):
                 self._json(200, {})
             elif name == "CreateSubmission":
+                fake.description = json.loads(body).get("submissionDescription") or fake.description
                 self._json(200, {"message": "Successfully submitted", "ref": 42})
             elif name == "ListSubmissions":
                 self._json(200, {"submissions": fake.listed_submissions()})

@@ -25,7 +25,7 @@ from facenext.engine.train import load_data
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
 
-TERMS = ["f23", "s24", "s23", "f22", "s22", "f24", "s25"]
+TERMS = ["f23", "s24", "s23", "f22", "s22", "f24", "s25", "f25", "s26", "f26"]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
@@ -54,10 +54,11 @@ def test_every_layout_is_written_detected_and_loads(tmp_path, term):
     assert [s.name for s in report.splits][:2] == ["train", "dev"]
     if term != "f24":
         assert len(list_images(layout.test)) == 3
-    if term == "s25":
+    if term in ("s25", "f25", "s26", "f26"):  # `<image_file> <class_id>`, file names relative to images/
         lines = (layout.train / "labels.txt").read_text().splitlines()
-        assert len(lines) == 9 and all(line.startswith("images/") and len(line.split()) == 2 for line in lines)
-        assert {identity for _, identity in read_labels(layout.train)} == set(classes)
+        assert len(lines) == 9 and all(line.startswith("train_") and line.split()[1].isdigit() for line in lines)
+        assert {class_id for _, class_id in read_labels(layout.train)} == set(classes) == {"0", "1", "2"}
+        assert (layout.test_labels is not None) == (term == "s25")  # F26's test split has no labels.txt
         assert not any(p.is_dir() for p in layout.train.iterdir() if p.name != "images")
     if term == "s22":
         val = pd.read_csv(layout.val_pairs)
@@ -73,16 +74,16 @@ def test_every_layout_is_written_detected_and_loads(tmp_path, term):
         assert set(truth) <= set(list_classes(layout.known)) and "n000000" not in set(truth)
 
 
-def test_labels_txt_with_integer_identities_sorts_by_value(tmp_path):
+def test_labels_txt_class_ids_are_the_indices(tmp_path):
     split = tmp_path / "train"
     (split / "images").mkdir(parents=True)
     for k in range(5):
         Image.new("RGB", (8, 8), (k * 40, 0, 0)).save(split / "images" / f"{k}.png")
-    (split / "labels.txt").write_text("".join(f"images/{k}.png {label}\n" for k, label in enumerate([10, 2, 0, 2, 1])))
+    (split / "labels.txt").write_text("".join(f"{k}.png {label}\n" for k, label in enumerate([10, 2, 0, 2, 1])))
     classes = list_classes(split)
-    assert classes == ["0", "1", "2", "10"]
+    assert classes == [str(i) for i in range(11)]  # index k is class id k, ids without images included
     paths, labels = image_folder(split, classes)
-    assert labels == [3, 2, 0, 2, 1] and paths[0] == split / "images" / "0.png"
+    assert labels == [10, 2, 0, 2, 1] and paths[0] == split / "images" / "0.png"
 
 
 @pytest.mark.parametrize("term", ["s25", "s22"])

@@ -68,7 +68,7 @@ def test_f24_pairs_layout(sample_f24):
     test = pd.read_csv(layout.test_pairs, sep=" ", header=None)
     assert test.shape[1] == 2
     for name in pd.concat([val["a"], val["b"], test[0], test[1]]):
-        assert (layout.val_pairs.parent / name).is_file()
+        assert (layout.ver_images / name).is_file()  # bare names relative to ver_data/, as S25 on
 
 
 def test_s23_uses_five_digit_test_ids(tmp_path):

@@ -64,29 +64,31 @@ def _info(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
-    predict(args.run, args.split, args.tta, args.out, args.weights, args.data, args.merge, args.fill)
+    predict(args.run, args.split, args.tta, args.out, args.weights, args.data, args.merge, args.fill, args.format)
 
 
 def _ensemble(args: argparse.Namespace) -> None:
     from .ensemble import ensemble
 
-    ensemble(args.runs, args.out, args.predictions, args.weights, args.folds, args.data)
+    ensemble(args.runs, args.out, args.predictions, args.weights, args.folds, args.data, args.fit_limit, args.format)
 
 
 def _check_submission(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from .combined import recorded_format
     from .data.layout import find_layout
     from .submission import check_submission
 
-    check_submission(Path(args.file), find_layout(args.data, args.term), args.kind, args.num_classes)
-    print(f"{args.file}: ok")
+    fmt = args.format or recorded_format(args.file)
+    checked = check_submission(Path(args.file), find_layout(args.data, args.term), args.kind, args.num_classes, fmt=fmt)
+    print(f"{args.file}: ok ({checked.name} format)")
 
 
 def _verify(args: argparse.Namespace) -> None:
     from .verification import verify
 
-    verify(args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache)
+    verify(args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache, fmt=args.format)
 
 
 def _average(args: argparse.Namespace) -> None:
@@ -98,7 +100,7 @@ def _average(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.config, args.data, args.run, args.submissions, args.overrides)
+    run_demo(args.config, args.data, args.run, args.submissions, args.overrides, args.term)
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -110,7 +112,19 @@ def _download(args: argparse.Namespace) -> None:
 def _submit(args: argparse.Namespace) -> None:
     from .kaggle import submit
 
-    submit(args.file, args.competition, args.message, args.data, args.dry_run, args.wait, args.poll_interval)
+    submit(
+        args.file,
+        args.competition,
+        args.message,
+        args.data,
+        args.dry_run,
+        args.wait,
+        args.poll_interval,
+        tag=args.tag,
+        wandb_run=args.wandb,
+        runs_root=args.runs,
+        fmt=args.format,
+    )
 
 
 def _submissions(args: argparse.Namespace) -> None:
@@ -139,6 +153,13 @@ def _kernel_output(args: argparse.Namespace) -> None:
     kernel_output(args.kernel, args.path)
 
 
+TERM_KEYS = "f23, s24, s23, f22, s22, f24, s25, f25, s26, f26"
+FORMAT_HELP = (
+    "F26 submission format: cls+ver-rows (assumed, see README) or sample (the download's *sample_submission*.csv); "
+    "default: the sample submission when there is one, else predict.submission_format"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facenext", description="HW2P2 face classification and verification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="write a complete sample competition")
     p.add_argument("out", help="folder to write (replaced if it exists)")
     p.add_argument("--from", dest="source", help="build from a folder-per-identity dataset instead of synthetic faces")
-    p.add_argument("--term", default="f23", help="competition layout: f23 (default), s22, f22, s23, s24, f24 or s25")
+    p.add_argument("--term", default="f23", help=f"competition layout: f23 (default) or one of {TERM_KEYS}")
     p.add_argument("--identities", type=int, default=30, help="classification identities (synthetic data)")
     p.add_argument("--images-per-identity", type=int, default=30, help="images per identity (synthetic data)")
     p.add_argument(
@@ -190,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.add_argument("--fill", action="store_true", help="unreadable test images get the most common prediction")
+    p.add_argument("--format", help=FORMAT_HELP)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("ensemble", help="combine the test logits of runs into one submission")
@@ -201,13 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds that test fitted weights on dev")
     p.add_argument("--data", help="data root (default: the first run's data.root)")
+    p.add_argument(
+        "--fit-limit",
+        action="store_true",
+        help="use the subset of the runs with the best cross-validated dev score that fits the parameter limit",
+    )
+    p.add_argument("--format", help=FORMAT_HELP)
     p.set_defaults(func=_ensemble)
 
     p = sub.add_parser("check-submission", help="check a submission file against the competition's data")
     p.add_argument("file", help="submission CSV")
     p.add_argument("--data", default="data", help="data root holding the competition (default data)")
     p.add_argument("--term", default="auto", help="competition term (default: found from the layout)")
-    p.add_argument("--kind", choices=("classification", "verification"), help="default: guessed from the file")
+    p.add_argument(
+        "--kind", choices=("classification", "verification", "combined"), help="default: guessed from the file"
+    )
+    p.add_argument("--format", help=FORMAT_HELP)
     p.add_argument("--num-classes", type=int, help="default: the number of train identity folders")
     p.set_defaults(func=_check_submission)
 
@@ -218,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.add_argument("--no-cache", action="store_true", help="embed every image again (ignore OUT/embeddings_*.npz)")
+    p.add_argument("--format", help=FORMAT_HELP)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("average", help="average a run's top-k epoch weights into averaged.pt")
@@ -230,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/sample")
     p.add_argument("--run", default="runs/demo")
     p.add_argument("--submissions", default="submissions")
+    p.add_argument("--term", default="f23", help="f23 (default) or f26: the combined task (also s25, f24, ...)")
     p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     p.set_defaults(func=_demo)
 
@@ -247,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the file only; upload nothing")
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for the score (default 600; 0: none)")
     p.add_argument("--poll-interval", type=float, default=10, help="seconds between score checks (default 10)")
+    p.add_argument("--tag", help="grading tag: adds TAG|WB=ENTITY/PROJECT/RUN_ID to the description")
+    p.add_argument(
+        "--wandb", help="ENTITY/PROJECT/RUN_ID for the grading tag (default: the W&B run the file's run logged to)"
+    )
+    p.add_argument("--runs", default="runs", help="folder of the run folders (default runs)")
+    p.add_argument("--format", help=FORMAT_HELP + " or the format recorded beside the file")
     p.set_defaults(func=_submit)
 
     p = sub.add_parser("submissions", help="list a competition's past submissions with their scores")

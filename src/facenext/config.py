@@ -94,6 +94,8 @@ class TrainConfig:
 class PredictConfig:
     tta: str = "flip"  # a TTA spec: none, flip, five@0.9, ten@0.9, scales@..., or a combination with +
     batch_size: int = 256
+    # F26's combined file: cls+ver-rows or sample (default: the download's *sample_submission*.csv, else refused)
+    submission_format: str | None = None
 
 
 @dataclass

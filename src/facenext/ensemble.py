@@ -1,7 +1,10 @@
-"""Combine the saved logits of several runs into one submission, without running any model again.
+"""Combine the saved outputs of several runs into one submission, without running any model again.
 
-Probabilities are averaged with equal weights, or with non-negative weights (summing to 1) fitted on the dev
-logits by minimising the log-loss; k-fold cross-validation on dev shows whether the fitted weights really help.
+Classification: probabilities are averaged with equal weights, or with non-negative weights (summing to 1) fitted
+on the dev logits by minimising the log-loss; k-fold cross-validation on dev shows whether the fitted weights
+really help. Pair scoring (S22, F24 to S26): the runs' cosine scores are averaged. The combined task (F26): both,
+in one file. The models together must fit the term's parameter limit; ``fit_limit`` picks the subset of runs with
+the best cross-validated dev score (the term's own metric) that fits.
 """
 
 from __future__ import annotations
@@ -10,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from .data.layout import find_layout
+from .combined import load_pair_scores
+from .competitions import Family
+from .data.layout import Layout, find_layout
 from .errors import UserError
 from .io import write_json
+from .limits import check_limit, run_parameters
 from .run import RunDir
-from .submission import write_submission
+from .submission import write_combined, write_submission
 
 WEIGHTINGS = ("equal", "fit")
 
@@ -105,6 +112,121 @@ def cross_validate(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: 
     return report
 
 
+def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
+    """(runs, pairs) val and test scores, with the val labels; refuses runs scored on other pairs."""
+    parts = []
+    for folder, name in zip(folders, names, strict=True):
+        part = load_pair_scores(folder)
+        if part is None:
+            raise UserError(f"{folder} has no pair scores: run `facenext verify {name} --out {folder}` first")
+        parts.append(part)
+    for key in ("val_labels", "test_scores"):
+        if any(key not in p or len(p[key]) != len(parts[0].get(key, [])) for p in parts):
+            raise UserError(f"the runs' pair scores differ in {key}: verify every run on the same competition")
+    if any(not np.array_equal(p["val_labels"], parts[0]["val_labels"]) for p in parts):
+        raise UserError("the runs' val pairs differ: verify every run on the same competition")
+    return {
+        "val": np.stack([p["val_scores"] for p in parts]).astype(np.float64),
+        "val_labels": parts[0]["val_labels"],
+        "test": np.stack([p["test_scores"] for p in parts]).astype(np.float64),
+    }
+
+
+def _eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    from .verification.metrics import roc
+
+    return roc(scores, labels).eer if len(set(labels.tolist())) == 2 else float("nan")
+
+
+def dev_score(
+    family: Family,
+    weights: np.ndarray,
+    dev_probs: np.ndarray | None,
+    labels: np.ndarray | None,
+    pairs: dict[str, np.ndarray] | None,
+) -> dict[str, float]:
+    """The ensemble's dev accuracy, EER and score in the term's metric, with these weights."""
+    found: dict[str, float] = {}
+    if dev_probs is not None:
+        found["dev_acc"] = float((_mix(dev_probs, weights).argmax(1) == labels).mean())
+    if pairs is not None:
+        found["dev_eer"] = _eer(np.tensordot(weights, pairs["val"], axes=1), pairs["val_labels"])
+    found["dev_score"] = family.dev_score(found.get("dev_acc", float("nan")), found.get("dev_eer"))
+    return found
+
+
+def _cv_score(
+    family: Family,
+    dev_probs: np.ndarray | None,
+    labels: np.ndarray | None,
+    pairs: dict[str, np.ndarray] | None,
+    folds: int,
+) -> float:
+    """Mean of the equal-weight ensemble's dev score over held-out folds of the dev images and the val pairs."""
+    rng = np.random.default_rng(0)
+    image_folds = np.array_split(rng.permutation(len(labels)), folds) if dev_probs is not None else [None] * folds
+    pair_folds = (
+        np.array_split(rng.permutation(len(pairs["val_labels"])), folds) if pairs is not None else [None] * folds
+    )
+    runs = (dev_probs if dev_probs is not None else pairs["val"]).shape[0]
+    equal = np.full(runs, 1 / runs)
+    scores = []
+    for images, held_pairs in zip(image_folds, pair_folds, strict=True):
+        probs = dev_probs[:, images] if images is not None else None
+        fold_labels = labels[images] if images is not None else None
+        fold_pairs = None
+        if held_pairs is not None:
+            fold_pairs = {"val": pairs["val"][:, held_pairs], "val_labels": pairs["val_labels"][held_pairs]}
+        scores.append(dev_score(family, equal, probs, fold_labels, fold_pairs)["dev_score"])
+    return float(np.nanmean(scores)) if not np.isnan(scores).all() else float("nan")
+
+
+def fit_to_limit(
+    names: list[str],
+    params: list[int],
+    limit: int,
+    family: Family,
+    dev_probs: np.ndarray | None,
+    labels: np.ndarray | None,
+    pairs: dict[str, np.ndarray] | None,
+    folds: int = 5,
+) -> tuple[list[int], dict[str, float]]:
+    """The subset of runs (indices) whose parameters fit ``limit`` with the best cross-validated dev score.
+
+    Ties go to fewer parameters. Every subset is tried: ensembles are a handful of runs.
+    """
+    if len(names) > 12:
+        raise UserError(f"--fit-limit tries every subset: name at most 12 runs, not {len(names)}")
+    tried: dict[tuple[int, ...], float] = {}
+    for mask in range(1, 2 ** len(names)):
+        subset = tuple(i for i in range(len(names)) if mask >> i & 1)
+        if sum(params[i] for i in subset) > limit:
+            continue
+        take = list(subset)
+        probs = dev_probs[take] if dev_probs is not None else None
+        sub_pairs = {**pairs, "val": pairs["val"][take]} if pairs is not None else None
+        tried[subset] = _cv_score(family, probs, labels, sub_pairs, folds)
+    if not tried:
+        smallest = min(params)
+        raise UserError(
+            f"no run fits the limit of {limit / 1e6:g} M parameters (the smallest has {smallest / 1e6:.2f} M)"
+        )
+    best = max(tried, key=lambda k: (np.nan_to_num(tried[k], nan=-np.inf), -sum(params[i] for i in k)))
+    return list(best), {"cv_dev_score": tried[best], "subsets_tried": len(tried)}
+
+
+def _dev_probs(folders: list[Path], names: list[str], parts: list[dict[str, np.ndarray]], needed: bool):
+    """(runs, images, classes) dev probabilities and labels, when every run has dev logits (or ``needed``)."""
+    dev_paths = [f / "dev_logits.npz" for f in folders]
+    if not (needed or all(p.is_file() for p in dev_paths)):
+        return None, None
+    dev = [load_logits(p) for p in dev_paths]
+    _same(dev, names, ("classes", "ids", "labels"), "dev")
+    if not np.array_equal(dev[0]["classes"], parts[0]["classes"]):
+        raise UserError(f"{names[0]}: its dev and test logits have other class lists: predict both again")
+    return _probs(dev), dev[0]["labels"]
+
+
 def ensemble(
     runs: list[str | Path],
     out: str | Path = "submissions/submission.csv",
@@ -112,35 +234,62 @@ def ensemble(
     weights: str = "equal",
     folds: int = 5,
     data_root: str | None = None,
+    fit_limit: bool = False,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
-    """Average the runs' test probabilities (``equal`` or dev-``fit`` weights) and write the submission to ``out``.
+    """Average the runs' test outputs (``equal`` or dev-``fit`` weights for classification) and write ``out``.
 
     Dev logits (``predict --split dev``) are needed by ``fit``; when every run has them, the dev accuracy of each
-    run and of the ensemble is reported as well. The summary goes to ``out`` with the suffix ``.json``.
+    run and of the ensemble is reported as well. Pair terms need each run's ``verify`` output (pair scores). The
+    runs' parameters together must fit the term's limit; with ``fit_limit`` the best-scoring subset that fits is
+    used instead, and the runs left out are named. The summary goes to ``out`` with the suffix ``.json``.
     """
     if not runs:
         raise UserError("name at least one run folder to ensemble")
     if weights not in WEIGHTINGS:
         raise UserError(f"unknown weights {weights!r}: use one of {', '.join(WEIGHTINGS)}")
+    first = RunDir(runs[0])
+    config, classes = first.config(), first.classes()
+    layout = find_layout(data_root or config.data.root, config.data.term)
+    family = layout.family
     names = [str(r) for r in runs]
     folders = [Path(predictions) / Path(r).name for r in runs]
-    parts = [load_logits(f / "test_logits.npz") for f in folders]
-    _same(parts, names, ("classes", "ids"), "test")
-    summary: dict[str, Any] = {"runs": names, "weighting": weights}
+    uses_cls, uses_pairs = (part in family.submission_parts(layout.term) for part in ("classification", "pairs"))
+    parts = [load_logits(f / "test_logits.npz") for f in folders] if uses_cls else []
+    if parts:
+        _same(parts, names, ("classes", "ids"), "test")
+        if list(classes) != parts[0]["classes"].tolist():
+            raise UserError(f"{first.classes_file} differs from its saved logits: run `facenext predict` again")
+    pairs = _pair_part(folders, names) if uses_pairs else None
+    dev_probs, labels = _dev_probs(folders, names, parts, weights == "fit" or fit_limit) if parts else (None, None)
+    summary: dict[str, Any] = {"runs": names, "weighting": weights, "term": layout.term.key}
 
-    dev_paths = [f / "dev_logits.npz" for f in folders]
-    if weights == "fit" or all(p.is_file() for p in dev_paths):
-        dev = [load_logits(p) for p in dev_paths]
-        _same(dev, names, ("classes", "ids", "labels"), "dev")
-        if not np.array_equal(dev[0]["classes"], parts[0]["classes"]):
-            raise UserError(f"{names[0]}: its dev and test logits have other class lists: predict both again")
-        dev_probs, labels = _probs(dev), dev[0]["labels"]
+    params = [run_parameters(r) or 0 for r in runs]  # an unknown count is named by check_limit below
+    if fit_limit and layout.term.param_limit is not None:
+        keep, report = fit_to_limit(names, params, layout.term.param_limit, family, dev_probs, labels, pairs, folds)
+        left_out = [n for i, n in enumerate(names) if i not in keep]
+        print(
+            f"--fit-limit: kept {', '.join(names[i] for i in keep)} ({sum(params[i] for i in keep) / 1e6:.2f} M of "
+            f"{layout.term.param_limit / 1e6:g} M), cross-validated dev score {report['cv_dev_score']:.4f}; "
+            f"left out: {', '.join(left_out) or 'nothing'}"
+        )
+        summary.update(left_out=left_out, fit_limit=report)
+        names, folders, params = [names[i] for i in keep], [folders[i] for i in keep], [params[i] for i in keep]
+        runs = [runs[i] for i in keep]
+        parts = [parts[i] for i in keep] if parts else []
+        dev_probs = dev_probs[keep] if dev_probs is not None else None
+        if pairs is not None:
+            pairs = {**pairs, "val": pairs["val"][keep], "test": pairs["test"][keep]}
+        summary["runs"] = names
+    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, f"the ensemble of {', '.join(names)}")
+
+    w = np.full(len(names), 1 / len(names))
+    if dev_probs is not None:
         summary["dev_acc_runs"] = {
             n: float((p.argmax(1) == labels).mean()) for n, p in zip(names, dev_probs, strict=True)
         }
-        equal = np.full(len(runs), 1 / len(runs))
-        summary["dev_acc_equal"] = float((_mix(dev_probs, equal).argmax(1) == labels).mean())
-        summary["dev_loss_equal"] = log_loss(_mix(dev_probs, equal), labels)
+        summary["dev_acc_equal"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
+        summary["dev_loss_equal"] = log_loss(_mix(dev_probs, w), labels)
         if weights == "fit":
             w = fit_weights(dev_probs, labels)
             summary["dev_acc_fit"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
@@ -150,29 +299,47 @@ def ensemble(
                 f"{cv['folds']}-fold CV on dev: fitted weights acc {cv['fit_acc']:.4f} (log-loss {cv['fit_loss']:.4f}) "
                 f"vs equal {cv['equal_acc']:.4f} ({cv['equal_loss']:.4f}): gain {cv['acc_gain']:+.4f} accuracy"
             )
-        else:
-            w = equal
         print(f"ensemble dev accuracy {summary[f'dev_acc_{weights}']:.4f} ({weights} weights, {len(labels)} images)")
-    else:
-        w = np.full(len(runs), 1 / len(runs))
+    elif weights == "fit":
+        raise UserError("--weights fit needs the runs' dev logits: run `facenext predict RUN --split dev` first")
     summary["weights"] = {n: float(x) for n, x in zip(names, w, strict=True)}
-    probs = _mix(_probs(parts), w)
+    pair_w = np.full(len(names), 1 / len(names))  # scores are averaged equally: fitted weights are for probabilities
+    if pairs is not None:
+        summary.update(dev_score(family, pair_w, None, None, pairs))
+        if dev_probs is not None:
+            summary["dev_acc"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
+            summary["dev_score"] = family.dev_score(summary["dev_acc"], summary["dev_eer"])
+        print(f"ensemble dev EER {summary['dev_eer']:.4f}, dev score ({family.score_name}) {summary['dev_score']:.4f}")
     out = Path(out)
-    first = RunDir(runs[0])
-    config, classes = first.config(), first.classes()
-    if list(classes) != parts[0]["classes"].tolist():
-        raise UserError(f"{first.classes_file} differs from its saved logits: run `facenext predict` again")
-    layout = find_layout(data_root or config.data.root, config.data.term)
-    write_submission(
-        out,
-        {"id": parts[0]["ids"].tolist(), "label": probs.argmax(1)},
-        layout=layout,
-        kind="classification",
-        num_classes=len(classes),
-    )
-    summary.update(submission=str(out), rows=len(parts[0]["ids"]))
+    summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt)
+    rows = len(pd.read_csv(out, dtype=str))
+    summary.update(submission=str(out), rows=rows)
     write_json(out.with_suffix(".json"), summary)
-    print(
-        f"wrote {out}: {len(parts[0]['ids'])} rows from {len(runs)} run(s), weights " + ", ".join(f"{x:.3f}" for x in w)
-    )
+    print(f"wrote {out}: {rows} rows from {len(names)} run(s), weights " + ", ".join(f"{x:.3f}" for x in w))
     return summary
+
+
+def _write(
+    out: Path,
+    layout: Layout,
+    family: Family,
+    parts: list[dict[str, np.ndarray]],
+    w: np.ndarray,
+    pairs: dict[str, np.ndarray] | None,
+    pair_w: np.ndarray,
+    num_classes: int,
+    fmt: str | None,
+) -> str:
+    """The submission in the family's format; returns the format's name."""
+    labels = _mix(_probs(parts), w).argmax(1) if parts else None
+    scores = np.tensordot(pair_w, pairs["test"], axes=1) if pairs is not None else None
+    if family.name == "combined":
+        return write_combined(out, layout, labels, scores, fmt, num_classes).name
+    if pairs is not None:
+        id_col, score_col = layout.term.pair_header
+        columns = {id_col: range(len(scores)), score_col: scores}
+        write_submission(out, columns, layout=layout, kind="verification")
+        return "pairs"
+    columns = {"id": parts[0]["ids"].tolist(), "label": labels}
+    write_submission(out, columns, layout=layout, kind="classification", num_classes=num_classes)
+    return "classification"

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .competitions import DEFAULT_TERM, TERMS, get_term
+from .competitions import DEFAULT_TERM, TERMS, Term, get_term
 from .config import Config
 from .errors import UserError
+from .limits import limit_margin
 
 
 @dataclass
@@ -21,6 +22,7 @@ class ModelInfo:
     image_size: int
     macs: int  # multiply-accumulates of one image at image_size
     embed_dim: int
+    limit: str = ""  # the margin to the term's parameter limit
     warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -30,28 +32,47 @@ class ModelInfo:
             f"parameters: {self.parameters:,} ({self.parameters / 1e6:.2f} M)",
             f"MACs at {self.image_size} px: {self.macs:,} ({self.macs / 1e9:.3f} G)",
             f"embedding size: {self.embed_dim}",
+            *([self.limit] if self.limit else []),
             *self.warnings,
         ]
 
 
 def resolve_num_classes(config: Config) -> tuple[int, str]:
     """The identities of the competition under data.root, else the term's class count (F23 for ``auto``)."""
-    from .data.layout import find_layout, list_classes
+    from .data.layout import AmbiguousData, find_layout, list_classes
 
     try:
         layout = find_layout(config.data.root, config.data.term)
+    except AmbiguousData:
+        raise  # two competitions under data.root: counting either one's classes could mislead
     except UserError:
         layout = None
     if layout is not None:
         classes = list_classes(layout.train)
         if classes:
-            return len(classes), f"identity folders in {layout.train}"
+            where = "class ids in" if (layout.train / "labels.txt").is_file() else "identity folders in"
+            return len(classes), f"{where} {layout.train}"
     key = DEFAULT_TERM if config.data.term == "auto" else config.data.term
     try:
         term = get_term(key)
     except KeyError as e:
         raise UserError(f"{e.args[0]} (config key data.term)") from None
     return term.num_classes, f"{term.key.upper()} {term.title} competition"
+
+
+def config_term(config: Config) -> Term:
+    """The config's term: data.term, else the one found under data.root, else F23."""
+    from .data.layout import find_layout
+
+    if config.data.term not in ("auto", ""):
+        try:
+            return get_term(config.data.term)
+        except KeyError as e:
+            raise UserError(f"{e.args[0]} (config key data.term)") from None
+    try:
+        return find_layout(config.data.root).term
+    except UserError:
+        return get_term(DEFAULT_TERM)
 
 
 def limit_warnings(parameters: int) -> list[str]:
@@ -82,6 +103,7 @@ def model_info(config: Config) -> ModelInfo:
     from .models.factory import count_parameters, model_from_config
 
     num_classes, source = resolve_num_classes(config)
+    term = config_term(config)
     model = model_from_config(config, num_classes)
     parameters = count_parameters(model)
     return ModelInfo(
@@ -92,6 +114,7 @@ def model_info(config: Config) -> ModelInfo:
         image_size=config.data.image_size,
         macs=count_macs(model, config.data.image_size),
         embed_dim=int(getattr(model, "embed_dim", 0)),
+        limit=f"limit ({term.key.upper()}): {limit_margin(parameters, term)}",
         warnings=limit_warnings(parameters),
     )
 

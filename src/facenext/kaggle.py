@@ -235,50 +235,67 @@ def _replace(partial: Path, target: Path) -> None:
     partial.rename(target)
 
 
-def _read_submission(path: Path) -> Any:
-    import pandas as pd
+def _check_against_data(
+    path: Path, competition: str, data_root: Path | None, fmt: str | None = None
+) -> tuple[bool, Any]:
+    """Check the submission against the competition's files in ``data_root``: (checked, layout or None).
 
-    if not path.is_file():
-        raise UserError(f"{path} not found: write it first (`facenext predict`, `ensemble` or `verify`)")
-    try:
-        # Only empty cells are missing: labels such as "NA" or "n000000" are values.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"{path} is not a CSV file ({type(e).__name__}): write it with facenext") from None
-    header = list(frame.columns)
-    if header not in (["id", "label"], ["ID", "Label"]):
-        raise UserError(f"{path}: header must be id,label or ID,Label, found {','.join(map(str, header))}")
-    duplicated = frame[header[0]][frame[header[0]].duplicated()]
-    if len(duplicated):
-        raise UserError(f"{path}: {len(duplicated)} duplicate ids (first {duplicated.iloc[0]}): rewrite the file")
-    if frame.isna().any().any():
-        raise UserError(f"{path}: {int(frame.isna().any(axis=1).sum())} rows with missing values: rewrite the file")
-    return frame
+    The slug names the term (and, for a term with two competitions, which file it is); for another slug (a sample,
+    a new term) the file is checked against whatever single competition the data root holds, if it can tell.
+    """
+    from .competitions import term_of_slug
+    from .data.layout import AmbiguousData, find_layout
+    from .submission import check_submission, read_submission
 
-
-def _check_against_data(path: Path, frame: Any, competition: str, data_root: Path | None) -> bool:
-    """Check the submission against the competition's files in ``data_root``; True when it was checked."""
+    frame = read_submission(path)
     if data_root is None:
-        return False
-    from .data.layout import find_layout
-
+        return False, None
+    term = term_of_slug(competition)
     try:
-        layout = find_layout(data_root)
+        layout = find_layout(data_root, term.key if term else "auto")
+    except AmbiguousData:
+        raise  # several competitions could be meant: say which to check against
     except UserError:
-        return False  # no local copy of the competition: the format checks above are all we can do
+        return False, None  # no local copy of the competition: the format checks above are all we can do
     slugs = layout.term.slugs
-    if competition in slugs:  # the slug says which file it is; a term with one competition guesses from the labels
-        kind = None if len(slugs) == 1 else ("classification" if competition == slugs[0] else "verification")
-    elif frame[frame.columns[1]].str.fullmatch(r"\d+").all():
+    if term is not None and len(slugs) == 2 and layout.family.name != "combined":
+        kind = "classification" if competition == slugs[0] else "verification"
+    elif term is not None:
+        kind = None
+    elif frame.iloc[:, 1].str.fullmatch(r"\d+").all() and layout.test is not None:
         kind = "classification"  # another slug (a sample, a new term): integer labels are classification
     else:
-        return False
-    if kind == "classification" and layout.test is None:
-        return False
-    from .submission import check_submission
+        return False, layout
+    from .combined import recorded_format
 
-    check_submission(path, layout, kind)
-    return True
+    check_submission(path, layout, kind, fmt=fmt or recorded_format(path))
+    return True, layout
+
+
+def grading_tag(tag: str | None, wandb_run: str | None, runs: list[Path]) -> str | None:
+    """``<tag>|WB=<entity>/<project>/<run_id>``, the course's grading reference, or None.
+
+    The W&B run comes from ``wandb_run`` or, when a run behind the file logged to W&B, from its ``wandb.json``
+    (written by training); the tag defaults to the run's name when only the W&B run is known.
+    """
+    if wandb_run is None:
+        found = [path for path in (RunDir(run).wandb_run() for run in runs) if path is not None]
+        wandb_run = found[0] if len(found) == 1 else None
+        if len(found) > 1 and tag is not None:
+            raise UserError(f"{len(found)} runs behind the file logged to W&B: pass --wandb ENTITY/PROJECT/RUN_ID")
+    if wandb_run is None:
+        if tag is not None:
+            raise UserError("--tag needs the W&B run it refers to: pass --wandb ENTITY/PROJECT/RUN_ID")
+        return None
+    if not re.fullmatch(r"[^/\s|]+/[^/\s|]+/[^/\s|]+", wandb_run):
+        raise UserError(f"--wandb {wandb_run!r} must look like ENTITY/PROJECT/RUN_ID")
+    if tag is not None and ("|" in tag or not tag.strip()):
+        raise UserError(f"--tag {tag!r} must be non-empty and hold no '|'")
+    tag = tag or "+".join(Path(r).name for r in runs) or "facenext"
+    return f"{tag}|WB={wandb_run}"
+
+
+TAG = re.compile(r"(\S+\|WB=[^\s|]+/[^\s|]+/[^\s|]+)")
 
 
 def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
@@ -287,12 +304,10 @@ def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
     The runs come from the ensemble summary written next to the file (``submission.json``: its ``runs``); a file
     written by ``facenext predict`` sits in ``submissions/<run>/``, so its folder names the run in ``runs_root``.
     """
+    from .limits import runs_behind
+
     path = Path(file)
-    runs: list[str] = []
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        runs = [str(r) for r in json.loads(path.with_suffix(".json").read_text()).get("runs", [])]
-    if not runs and RunDir(Path(runs_root) / path.parent.name).summary_file.is_file():
-        runs = [str(Path(runs_root) / path.parent.name)]
+    runs = runs_behind(path, runs_root)
     if not runs:
         return f"FaceNext {path.name}"
     return "FaceNext: " + ", ".join(RunDir(r).label() for r in runs)
@@ -305,6 +320,7 @@ def _submission_row(item: Any) -> dict[str, Any]:
         "ref": item.ref,
         "date": date.strftime("%Y-%m-%d %H:%M") if hasattr(date, "strftime") else str(date or ""),
         "description": item.description or "",
+        "grading_tag": next(iter(TAG.findall(item.description or "")), None),
         "status": status,
         "public_score": item.public_score or None,
         "private_score": item.private_score or None,
@@ -327,13 +343,21 @@ def print_submissions(competition: str) -> list[dict[str, Any]]:
     if not rows:
         print(f"{competition}: no submissions yet")
         return rows
-    table = [("date", "status", "public", "private", "description")]
+    table = [("date", "status", "public", "private", "grading tag", "description")]
     table += [
-        (r["date"], r["status"], r["public_score"] or "-", r["private_score"] or "-", r["description"]) for r in rows
+        (
+            r["date"],
+            r["status"],
+            r["public_score"] or "-",
+            r["private_score"] or "-",
+            r["grading_tag"] or "-",
+            r["description"],
+        )
+        for r in rows
     ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
+    widths = [max(len(str(row[i])) for row in table) for i in range(5)]
     for row in table:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:4], widths, strict=False)) + "  " + row[4])
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:5], widths, strict=False)) + "  " + row[5])
     return rows
 
 
@@ -356,19 +380,42 @@ def submit(
     dry_run: bool = False,
     wait: float = 600,
     poll_interval: float = 10,
+    tag: str | None = None,
+    wandb_run: str | None = None,
+    runs_root: str | Path = "runs",
+    fmt: str | None = None,
 ) -> dict:
     """Check ``file`` and, unless ``dry_run``, upload it to ``competition`` and follow it until it is scored (at most
     ``wait`` seconds; 0 does not wait); returns a summary (also printed). ``message`` defaults to
-    :func:`default_message`."""
+    :func:`default_message`.
+
+    The models behind the file (its ensemble summary, or the run folder it was written for) must fit the term's
+    parameter limit together. The grading tag ``<tag>|WB=<entity>/<project>/<run_id>`` is added to the message
+    when ``tag``/``wandb_run`` are given or a run behind the file logged to W&B.
+    """
+    from .competitions import term_of_slug
+    from .limits import check_limit, runs_behind
+    from .submission import read_submission
+
     _check_slug(competition)
     path = Path(file)
-    message = message or default_message(path)
-    frame = _read_submission(path)
-    checked = _check_against_data(path, frame, competition, Path(data_root) if data_root else None)
+    frame = read_submission(path)
+    runs = runs_behind(path, runs_root)
+    message = message or default_message(path, runs_root)
+    grading = grading_tag(tag, wandb_run, runs)
+    if grading and grading not in message:
+        message = f"{message} {grading}"
+    checked, layout = _check_against_data(path, competition, Path(data_root) if data_root else None, fmt)
     summary: dict[str, Any] = {"file": str(path), "competition": competition, "rows": len(frame)}
     summary["checked_against_data"] = checked
+    term = term_of_slug(competition) or (layout.term if layout is not None else None)
+    if term is not None and runs:
+        summary["parameters"] = check_limit(runs, term, str(path))
+    elif term is not None and term.param_limit is not None:
+        print(f"note: the runs behind {path} are unknown, so the {term.param_limit / 1e6:g} M limit is not checked")
+    summary["description"] = message
     if dry_run:
-        print(f"{path}: {len(frame)} rows OK; dry run, nothing uploaded to {competition}")
+        print(f"{path}: {len(frame)} rows OK; dry run, nothing uploaded to {competition} (description {message!r})")
         return {**summary, "uploaded": False}
     api = authenticated_api()
     with _quiet_client(), _mapped_errors(competition, "submit to"):
@@ -376,7 +423,7 @@ def submit(
     if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"uploading {path} to {competition} failed: check the connection and retry")
     print(f"{path}: {len(frame)} rows submitted to {competition} as {message!r}: {response.message}")
-    summary = {**summary, "uploaded": True, "message": response.message, "ref": response.ref, "description": message}
+    summary = {**summary, "uploaded": True, "message": response.message, "ref": response.ref}
     if wait <= 0:
         print(f"not waiting for the score: `facenext submissions {competition}` shows it once Kaggle has scored it")
         return summary

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .combined import write_run_submission
 from .data.datasets import image_folder
 from .data.layout import Layout, find_layout, list_classes
 from .errors import UserError
@@ -77,12 +78,15 @@ def predict(
     data_root: str | None = None,
     merge: str = "prob",
     fill: bool = False,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
     """Write ``<split>_logits.npz`` and ``predict_<split>.json``; for the test split also ``submission.csv``.
 
     ``tta`` is a spec of ``facenext.inference.parse_tta`` (default: the run's ``predict.tta``); the views are
     merged by ``merge`` (``prob``, ``logit`` or ``geo``). With ``fill`` an unreadable test image gets the most
-    common prediction instead of failing.
+    common prediction instead of failing. For the combined task (F26) the submission, in the format ``fmt``
+    (default: the sample submission or predict.submission_format), is written once ``verify`` has saved the pair
+    scores in the same folder.
     """
     run = load_run(run_dir, weights)
     tta = tta or run.config.predict.tta
@@ -122,6 +126,11 @@ def predict(
             f"{run.name}: dev accuracy {summary['dev_acc']:.4f} ({len(truth)} images, tta {tta}, {merge}); "
             f"per view: {views}"
         )
+    elif layout.family.name == "combined":  # F26: one file with both parts, once verify has scored the pairs
+        fmt = fmt or run.config.predict.submission_format
+        combined = write_run_submission(out, layout, fmt, len(run.classes), run.path)
+        if combined is not None:
+            summary["submission"] = str(combined)
     else:
         submission = out / "submission.csv"
         write_submission(

@@ -8,6 +8,7 @@ torch; loading weights does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,6 +77,10 @@ class RunDir:
     def top_dir(self) -> Path:
         return self.path / "top"
 
+    @property
+    def wandb_file(self) -> Path:
+        return self.path / "wandb.json"
+
     # --- reading --------------------------------------------------------------------------------------------------
     def is_run(self) -> bool:
         return self.config_file.is_file() and self.classes_file.is_file()
@@ -123,9 +128,28 @@ class RunDir:
             return None
 
     def label(self) -> str:
-        """``name (dev 0.9123)`` when the run has a dev score, else its name."""
+        """``name (dev 0.9123)`` when the run has a dev score, in the term's own metric where it is not accuracy
+        (``name (dev EER 0.0412)``, ``name (dev score 0.8712)``), else its name."""
+        summary = self.summary() or {}
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if summary.get("score") == "dev_1-eer" and summary.get("best_dev_eer") is not None:
+                return f"{self.name} (dev EER {float(summary['best_dev_eer']):.4f})"
+            if summary.get("score") not in (None, "dev_acc") and summary.get("best_dev_score") is not None:
+                return f"{self.name} ({summary['score'].replace('_', ' ')} {float(summary['best_dev_score']):.4f})"
         acc = self.best_dev_acc()
         return self.name if acc is None else f"{self.name} (dev {acc:.4f})"
+
+    def parameters(self) -> int | None:
+        """The parameter count the run recorded in its summary; None before a training finished."""
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return int((self.summary() or {})["parameters"])
+        return None
+
+    def wandb_run(self) -> str | None:
+        """``entity/project/run_id`` of the Weights & Biases run training logged to, when it did."""
+        with contextlib.suppress(UserError, KeyError, TypeError):
+            return str(read_json(self.wandb_file)["path"]) if self.wandb_file.is_file() else None
+        return None
 
     def weights_file(self, weights: str = "best") -> Path:
         """The checkpoint holding ``weights`` (``best``, ``last``, ``ema`` or ``averaged``)."""
@@ -181,6 +205,10 @@ class RunDir:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_json(self.summary_file, dict(summary))
+
+    def write_wandb_run(self, path: str, url: str | None) -> None:
+        """Where training logged, for the grading tag that ``facenext submit`` adds."""
+        write_json(self.wandb_file, {"path": path, "url": url}, indent=None)
 
 
 def load_run_config(run_dir: str | Path) -> tuple[Config, list[str]]:

@@ -1,13 +1,17 @@
-"""Write and check submission files; a file is only ever renamed into place once it is complete and valid.
+"""Write, read and check submission files; a file is only ever renamed into place once it is complete and valid.
 
-One writer (``write_submission``) and one checker (``check_submission``) serve every format of the spec:
+One writer (``write_submission``), one reader (``read_submission``) and one checker (``check_submission``) serve
+``predict``, ``verify``, ``ensemble``, ``check-submission`` and ``submit``. Each format is one class:
 
-- classification: ``id,label``; one row per test image, ids as the sample submission (or the sorted file names),
-  labels ImageFolder indices in ``[0, classes)``;
-- identity-matching verification: ``id,label``; one row per ``unknown_test`` image, labels a ``known/`` identity
-  or the term's no-match label (``n000000``);
-- pair scoring verification: the term's header (``ID,Label``; S22 ``id,match``), ids ``0..pairs-1`` in the order of
-  the test pairs, scores finite numbers.
+- ``classification``: ``id,label``; one row per test image, ids as the sample submission (or the sorted file
+  names), labels class indices in ``[0, classes)`` (S25 on: the class ids of ``labels.txt``, the same numbers);
+- ``identity``: ``id,label``; one row per ``unknown_test`` image, labels a ``known/`` identity or ``n000000``;
+- ``pairs``: the term's header (``ID,Label``; S22 ``id,match``), ids ``0..pairs-1`` in test-pair order, finite scores;
+- ``cls+ver-rows`` (F26, an assumption: the real columns were not found): header ``ID,Label``; one row per test
+  image (``ID`` its file name, ``Label`` its class id), then one row per test pair (``ID`` 0..pairs-1 in
+  ``test_pairs.txt`` order, ``Label`` the score);
+- ``sample``: F26 with a ``*sample_submission*.csv`` in the download: its header, ids and row order, each id
+  being a test image's file name (or stem) or else the next test pair. A sample that fits no scheme is refused.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.layout import Layout, list_classes, list_images
+from .data.layout import Layout, list_classes, list_images, read_pairs
 from .errors import UserError
 from .io import write_csv
 
-KINDS = ("classification", "verification")
+KINDS = ("classification", "verification", "combined")
 
 
 def classification_ids(layout: Layout) -> tuple[list[str], list[str]]:
@@ -94,13 +98,27 @@ def write_submission(
     write_csv(path, frame, validate=verify)
 
 
-def _read(path: Path, name: Path) -> pd.DataFrame:
+def read_submission(path: Path, name: Path | None = None) -> pd.DataFrame:
+    """A submission CSV as strings, in any known format: two or more columns, no duplicate ids, no empty cells."""
+    name = name or path
     if not Path(path).is_file():
         raise UserError(f"{name} not found: write it first (`facenext predict`, `ensemble` or `verify`)")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        # Only empty cells are missing: labels such as "NA" or "n000000" are values.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{name} is not a readable CSV file ({str(e).splitlines()[0]})") from None
+    if frame.shape[1] < 2:
+        raise UserError(f"{name}: expected an id column and a value column, found {','.join(map(str, frame.columns))}")
+    ids = frame.iloc[:, 0]
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        raise UserError(
+            f"{name}: {len(duplicated)} duplicate ids (duplicated id {duplicated.iloc[0]!r}): rewrite the file"
+        )
+    if frame.isna().any().any():
+        raise UserError(f"{name}: {int(frame.isna().any(axis=1).sum())} rows with missing values: rewrite the file")
+    return frame
 
 
 def _check_rows(frame: pd.DataFrame, ids: list[str], name: Path, what: str) -> None:
@@ -127,8 +145,228 @@ def _check_header(frame: pd.DataFrame, header: Sequence[str], name: Path) -> Non
         raise UserError(f"{name}: header must be {','.join(header)}, found {','.join(map(str, frame.columns))}")
 
 
+def _check_class_labels(values: pd.Series, ids: pd.Series, classes: int, name: Path) -> None:
+    labels = pd.to_numeric(values, errors="coerce")
+    bad = ~values.str.fullmatch(r"\d+") | labels.isna() | (labels >= classes)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise UserError(
+            f"{name}: label {values.iloc[row]!r} of id {ids.iloc[row]!r} is not a class index in [0, {classes - 1}]"
+        )
+
+
+def _check_scores(values: pd.Series, ids: pd.Series, name: Path) -> None:
+    scores = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(scores).all():
+        row = int((~np.isfinite(scores)).argmax())
+        raise UserError(f"{name}: score {values.iloc[row]!r} of id {ids.iloc[row]!r} is not a finite number")
+
+
+def test_pair_count(layout: Layout) -> int:
+    if layout.test_pairs is None:
+        raise UserError(f"no test pairs ({layout.term.test_pairs}) found under {layout.root}")
+    return len(read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv))
+
+
+def _default_classes(layout: Layout, num_classes: int | None) -> int:
+    return num_classes if num_classes is not None else len(list_classes(layout.train))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats: one class each
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SubmissionFormat:
+    """What one kind of submission file looks like: header, ids in order, and the values each row must hold."""
+
+    name = ""
+    parts: tuple[str, ...] = ()  # which predictions it carries: "classification", "pairs", "identity"
+
+    def header(self, layout: Layout) -> tuple[str, str]:
+        return ("id", "label")
+
+    def check(self, frame: pd.DataFrame, layout: Layout, name: Path, num_classes: int | None = None) -> None:
+        raise NotImplementedError
+
+    def columns(self, layout: Layout, labels: Sequence[int] = (), scores: Sequence[float] = ()) -> dict[str, list]:
+        """The file's columns from class labels (test images in ``classification_ids`` order) and pair scores."""
+        raise NotImplementedError
+
+
+class ClassificationFormat(SubmissionFormat):
+    name = "classification"
+    parts = ("classification",)
+
+    def check(self, frame: pd.DataFrame, layout: Layout, name: Path, num_classes: int | None = None) -> None:
+        _check_header(frame, self.header(layout), name)
+        ids, _ = classification_ids(layout)
+        _check_rows(frame, ids, name, "test images")
+        _check_class_labels(frame["label"], frame["id"], _default_classes(layout, num_classes), name)
+
+    def columns(self, layout: Layout, labels: Sequence[int] = (), scores: Sequence[float] = ()) -> dict[str, list]:
+        return {"id": classification_ids(layout)[0], "label": list(labels)}
+
+
+class IdentityFormat(SubmissionFormat):
+    name = "identity"
+    parts = ("identity",)
+
+    def check(self, frame: pd.DataFrame, layout: Layout, name: Path, num_classes: int | None = None) -> None:
+        _check_header(frame, self.header(layout), name)
+        ids, _ = verification_ids(layout)
+        _check_rows(frame, ids, name, "unknown_test images")
+        allowed = set(list_classes(layout.known)) if layout.known is not None else set()
+        if layout.term.no_match:
+            allowed.add(layout.term.no_match)
+        bad = ~frame["label"].isin(allowed)
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise UserError(
+                f"{name}: label {frame['label'].iloc[row]!r} of id {frame['id'].iloc[row]!r} is neither a known "
+                f"identity nor {layout.term.no_match}"
+            )
+
+
+class PairFormat(SubmissionFormat):
+    name = "pairs"
+    parts = ("pairs",)
+
+    def header(self, layout: Layout) -> tuple[str, str]:
+        return layout.term.pair_header
+
+    def check(self, frame: pd.DataFrame, layout: Layout, name: Path, num_classes: int | None = None) -> None:
+        header = self.header(layout)
+        _check_header(frame, header, name)
+        _check_rows(frame, [str(i) for i in range(test_pair_count(layout))], name, "test pairs")
+        _check_scores(frame[header[1]], frame[header[0]], name)
+
+    def columns(self, layout: Layout, labels: Sequence[int] = (), scores: Sequence[float] = ()) -> dict[str, list]:
+        id_col, score_col = self.header(layout)
+        return {id_col: list(range(len(scores))), score_col: list(scores)}
+
+
+class CombinedRowsFormat(SubmissionFormat):
+    """F26 (assumed): classification rows (file name, class id), then pair rows (0..pairs-1, score), ``ID,Label``."""
+
+    name = "cls+ver-rows"
+    parts = ("classification", "pairs")
+
+    def header(self, layout: Layout) -> tuple[str, str]:
+        return ("ID", "Label")
+
+    def _ids(self, layout: Layout) -> tuple[list[str], list[str]]:
+        return classification_ids(layout)[0], [str(i) for i in range(test_pair_count(layout))]
+
+    def check(self, frame: pd.DataFrame, layout: Layout, name: Path, num_classes: int | None = None) -> None:
+        _check_header(frame, self.header(layout), name)
+        images, pairs = self._ids(layout)
+        _check_rows(frame, images + pairs, name, f"rows ({len(images)} test images + {len(pairs)} test pairs)")
+        n = len(images)
+        _check_class_labels(frame["Label"][:n], frame["ID"][:n], _default_classes(layout, num_classes), name)
+        _check_scores(frame["Label"][n:], frame["ID"][n:], name)
+
+    def columns(self, layout: Layout, labels: Sequence[int] = (), scores: Sequence[float] = ()) -> dict[str, list]:
+        images, pairs = self._ids(layout)
+        return {"ID": images + pairs, "Label": [int(x) for x in labels] + [float(x) for x in scores]}
+
+
+class SampleFormat(SubmissionFormat):
+    """Follows the competition's own sample submission: its header, its ids, its row order."""
+
+    name = "sample"
+    parts = ("classification", "pairs")
+
+    def __init__(self, sample: Path) -> None:
+        self.sample = sample
+
+    def _read(self, layout: Layout) -> tuple[pd.DataFrame, list[int | None]]:
+        """The sample, and for each row the position of its test image (None: a pair row, in order)."""
+        frame = read_submission(self.sample)
+        if frame.shape[1] != 2:
+            raise UserError(
+                f"{self.sample} has columns {','.join(frame.columns)}, a scheme FaceNext does not know: pass "
+                "--format cls+ver-rows (or set predict.submission_format) and report the sample's first lines"
+            )
+        images, _ = classification_ids(layout)
+        where = {name: i for i, name in enumerate(images)}
+        where.update({Path(name).stem: i for i, name in enumerate(images)})
+        rows = [where.get(i) for i in frame.iloc[:, 0]]
+        found = sorted(r for r in rows if r is not None)
+        pairs = test_pair_count(layout)
+        if found != list(range(len(images))) or rows.count(None) != pairs:
+            raise UserError(
+                f"{self.sample}: its {len(frame)} ids (first {', '.join(frame.iloc[:3, 0])}) are not the "
+                f"{len(images)} test images and {pairs} test pairs in a scheme FaceNext knows: pass "
+                "--format cls+ver-rows (or set predict.submission_format) and report the sample's first lines"
+            )
+        return frame, rows
+
+    def header(self, layout: Layout) -> tuple[str, str]:
+        return tuple(read_submission(self.sample).columns[:2])  # type: ignore[return-value]
+
+    def check(self, frame: pd.DataFrame, layout: Layout, name: Path, num_classes: int | None = None) -> None:
+        sample, rows = self._read(layout)
+        _check_header(frame, list(sample.columns), name)
+        _check_rows(frame, sample.iloc[:, 0].tolist(), name, f"rows (as {self.sample.name})")
+        is_image = pd.Series([r is not None for r in rows], index=frame.index)
+        values, ids = frame.iloc[:, 1], frame.iloc[:, 0]
+        _check_class_labels(values[is_image], ids[is_image], _default_classes(layout, num_classes), name)
+        _check_scores(values[~is_image], ids[~is_image], name)
+
+    def columns(self, layout: Layout, labels: Sequence[int] = (), scores: Sequence[float] = ()) -> dict[str, list]:
+        sample, rows = self._read(layout)
+        pair_iter = iter(scores)
+        values = [int(labels[r]) if r is not None else float(next(pair_iter)) for r in rows]
+        id_col, value_col = sample.columns[:2]
+        return {id_col: sample.iloc[:, 0].tolist(), value_col: values}
+
+
+FORMATS: dict[str, type[SubmissionFormat]] = {
+    f.name: f for f in (ClassificationFormat, IdentityFormat, PairFormat, CombinedRowsFormat)
+}
+COMBINED_FORMATS = ("cls+ver-rows", "sample")
+
+
+def submission_format(layout: Layout, requested: str | None = None) -> SubmissionFormat:
+    """The format of the term's (combined) submission: ``requested`` (``--format`` or predict.submission_format),
+    else the competition's sample submission, else the term's own; never a guess."""
+    term = layout.term
+    if requested and requested != "auto":
+        if requested == "sample":
+            if len(layout.samples) != 1:
+                raise UserError(f"--format sample needs one *sample_submission*.csv under {layout.root}")
+            return SampleFormat(layout.samples[0])
+        if requested not in FORMATS:
+            raise UserError(f"unknown submission format {requested!r}: use one of {', '.join([*FORMATS, 'sample'])}")
+        return FORMATS[requested]()
+    if layout.family.name == "combined" and layout.samples:
+        if len(layout.samples) > 1:
+            names = ", ".join(p.name for p in layout.samples)
+            raise UserError(f"several sample submissions under {layout.root} ({names}): pass --format")
+        return SampleFormat(layout.samples[0])
+    if term.submission_format:
+        return FORMATS[term.submission_format]()
+    raise UserError(
+        f"the {term.key.upper()} submission format is not known and {layout.root} has no *sample_submission*.csv: "
+        "pass --format cls+ver-rows (the README's assumed format) or set predict.submission_format"
+    )
+
+
+def _kind_format(layout: Layout, kind: str, requested: str | None) -> SubmissionFormat:
+    if kind == "classification":
+        return ClassificationFormat()
+    if kind == "verification":
+        return PairFormat() if layout.family.uses_pairs() else IdentityFormat()
+    if kind == "combined":
+        return submission_format(layout, requested)
+    raise UserError(f"unknown submission kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
 def _guess_kind(frame: pd.DataFrame, layout: Layout) -> str:
-    if layout.term.verification == "pairs" and list(frame.columns) == list(layout.term.pair_header):
+    if layout.family.name == "combined":
+        return "combined"
+    if layout.family.uses_pairs() and list(frame.columns) == list(layout.term.pair_header):
         return "verification"
     if layout.test is None:
         return "verification"
@@ -143,54 +381,46 @@ def check_submission(
     kind: str | None = None,
     num_classes: int | None = None,
     name: Path | None = None,
-) -> None:
+    fmt: str | None = None,
+) -> SubmissionFormat:
     """Raise a one-line UserError unless ``path`` is a valid submission for ``layout``'s competition.
 
-    ``kind``: ``classification`` or ``verification`` (None: guessed from the header and labels; integer labels mean
-    classification). ``num_classes`` defaults to the number of ``train/`` identity folders. ``name`` is the file
-    name to use in messages (the final name when a temporary file is checked).
+    ``kind``: ``classification``, ``verification`` or ``combined`` (None: the combined task for F26, else guessed
+    from the header and labels; integer labels mean classification). ``fmt`` names the combined format (see
+    ``submission_format``). ``num_classes`` defaults to the number of classes in ``train/``. ``name`` is the file
+    name to use in messages (the final name when a temporary file is checked). Returns the format checked.
     """
     name = name or path
-    frame = _read(path, name)
+    frame = read_submission(path, name)
     kind = kind or _guess_kind(frame, layout)
-    if kind == "classification":
-        _check_header(frame, ["id", "label"], name)
-        ids, _ = classification_ids(layout)
-        _check_rows(frame, ids, name, "test images")
-        classes = num_classes if num_classes is not None else len(list_classes(layout.train))
-        labels = pd.to_numeric(frame["label"], errors="coerce")
-        bad = labels.isna() | (labels < 0) | (labels >= classes) | (labels % 1 != 0)
-        if bad.any():
-            row = int(bad.to_numpy().argmax())
-            raise UserError(
-                f"{name}: label {frame['label'].iloc[row]!r} of id {frame['id'].iloc[row]!r} is not a class index "
-                f"in [0, {classes - 1}]"
-            )
-    elif kind == "verification" and layout.term.verification == "pairs":
-        header = layout.term.pair_header
-        _check_header(frame, header, name)
-        if layout.test_pairs is None:
-            raise UserError(f"no test pairs ({layout.term.test_pairs}) found under {layout.root}")
-        pairs = sum(1 for line in layout.test_pairs.read_text().splitlines() if line.strip())
-        pairs -= layout.term.pairs_csv  # S22's CSV starts with a header line
-        _check_rows(frame, [str(i) for i in range(pairs)], name, "test pairs")
-        scores = pd.to_numeric(frame[header[1]], errors="coerce").to_numpy(dtype=float)
-        if not np.isfinite(scores).all():
-            row = int((~np.isfinite(scores)).argmax())
-            raise UserError(f"{name}: score {frame[header[1]].iloc[row]!r} of id {row} is not a finite number")
-    elif kind == "verification":
-        _check_header(frame, ["id", "label"], name)
-        ids, _ = verification_ids(layout)
-        _check_rows(frame, ids, name, "unknown_test images")
-        allowed = set(list_classes(layout.known)) if layout.known is not None else set()
-        if layout.term.no_match:
-            allowed.add(layout.term.no_match)
-        bad = ~frame["label"].isin(allowed)
-        if bad.any():
-            row = int(bad.to_numpy().argmax())
-            raise UserError(
-                f"{name}: label {frame['label'].iloc[row]!r} of id {frame['id'].iloc[row]!r} is neither a known "
-                f"identity nor {layout.term.no_match}"
-            )
-    else:
-        raise UserError(f"unknown submission kind {kind!r}: use one of {', '.join(KINDS)}")
+    checker = _kind_format(layout, kind, fmt)
+    checker.check(frame, layout, name, num_classes)
+    return checker
+
+
+def write_combined(
+    path: Path,
+    layout: Layout,
+    labels: Sequence[int],
+    scores: Sequence[float],
+    fmt: str | None = None,
+    num_classes: int | None = None,
+) -> SubmissionFormat:
+    """The combined (F26) submission from class labels (test images in ``classification_ids`` order) and the test
+    pairs' scores, in the format ``submission_format`` decides; checked before it takes its name."""
+    chosen = submission_format(layout, fmt)
+    images, pairs = len(classification_ids(layout)[0]), test_pair_count(layout)
+    if len(labels) != images or len(scores) != pairs:  # predictions from another data folder
+        raise UserError(
+            f"refusing to write {path}: {len(labels)} class labels and {len(scores)} pair scores for the "
+            f"{images} test images and {pairs} test pairs under {layout.root}: predict and verify on this data"
+        )
+    columns = chosen.columns(layout, labels, scores)
+    # object columns: class ids stay integers ("12", not "12.0") beside the pairs' float scores
+    frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
+
+    def verify(tmp: Path) -> None:
+        chosen.check(read_submission(tmp, path), layout, path, num_classes)
+
+    write_csv(path, frame, validate=verify)
+    return chosen

@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 
 from ..errors import UserError
 from .datasets import DECODE_ERRORS
-from .layout import IMAGE_SUFFIXES, LABELS_FILE, Layout, find_layout, list_classes, read_labels
+from .layout import IMAGE_SUFFIXES, LABELS_FILE, Layout, find_layout, list_classes, read_labels, read_pairs
 
 SHOW = 5  # names shown per problem
 SIZE_SAMPLE = 8  # images per split whose size is read
@@ -36,6 +37,7 @@ class Report:
     layout: Layout
     splits: list[SplitReport] = field(default_factory=list)
     problems: list[tuple[str, list[str]]] = field(default_factory=list)  # (what, examples)
+    notes: list[str] = field(default_factory=list)  # pair files, test labels: one line each
 
     def problem(self, what: str, names: list[str]) -> None:
         self.problems.append((what, [str(n) for n in names]))
@@ -121,6 +123,8 @@ def check_data(root: str | Path, term: str = "auto", threads: int | None = None)
         if folder is not None and folder.is_dir():
             report.splits.append(_scan_flat(report, name, folder))
 
+    _check_pairs(report)
+
     everything = [(split, path) for split in report.splits for path in split.images]
     with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
         ok = list(pool.map(lambda item: _decodes(item[1]), everything, chunksize=64))
@@ -137,6 +141,34 @@ def check_data(root: str | Path, term: str = "auto", threads: int | None = None)
     return report
 
 
+def _check_pairs(report: Report) -> None:
+    """The pair files (at the root or under cls_data/): their pairs, and every image they name."""
+    layout = report.layout
+    if layout.test_labels is not None:
+        report.notes.append(f"test labels: {len(read_labels(layout.test_labels.parent))} lines [{layout.test_labels}]")
+    if not layout.family.uses_pairs():
+        return
+    from ..competitions.families import pair_image_base
+
+    term = layout.term
+    for what, path, labelled in (("val_pairs", layout.val_pairs, True), ("test_pairs", layout.test_pairs, False)):
+        if path is None:
+            report.problem(f"{what}: {term.val_pairs if labelled else term.test_pairs} not found", [layout.root])
+            continue
+        pairs = read_pairs(path, labelled, csv=term.pairs_csv)
+        names = pd.unique(pd.concat([pairs["img1"], pairs["img2"]]))
+        base = pair_image_base(layout, str(names[0])) if len(names) else path.parent
+        missing = [n for n in names if not (base / n).is_file()]
+        genuine = f", {int((pairs['label'].astype(int) == 1).sum())} genuine" if labelled else ""
+        report.notes.append(f"{what}: {len(pairs)} pairs{genuine}, {len(names)} images [{path}]")
+        if missing:
+            report.problem(f"{what}: {len(missing)} images named in {path.name} do not exist under {base}", missing)
+    if layout.ver_images is None:
+        report.problem(f"ver_images: {term.ver_images}/ not found", [layout.root])
+    if layout.family.name == "combined" and layout.test is None:
+        report.problem(f"test: {term.test}/images not found (the combined submission needs it)", [layout.root])
+
+
 def print_report(report: Report) -> None:
     layout = report.layout
     print(f"term {layout.term.key} ({layout.term.title}) under {layout.root}")
@@ -144,6 +176,8 @@ def print_report(report: Report) -> None:
         who = f"{split.identities} identities, " if split.identities is not None else ""
         sizes = ", ".join(f"{k} x{v}" for k, v in split.sizes.most_common())
         print(f"  {split.name:<12} {who}{len(split.images)} images  sizes (sampled): {sizes or '-'}  [{split.folder}]")
+    for note in report.notes:
+        print(f"  {note}")
     for what, names in report.problems:
         more = f", ... ({len(names) - SHOW} more)" if len(names) > SHOW else ""
         print(f"  problem: {what}: {', '.join(names[:SHOW])}{more}")

@@ -76,12 +76,15 @@ def image_folder(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list
 
 
 def labelled_split(folder: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
-    """Paths and class indices of an S25-style split: ``folder/labels.txt`` lists ``images/<file> <identity>``."""
+    """Paths and class indices of an S25-on split: ``folder/labels.txt`` lists ``<image_file> <class_id>``.
+
+    ``index`` maps a class (the run's class list, the authority for what an index means) to its index.
+    """
     items = read_labels(folder)
-    strangers = sorted({identity for _, identity in items if identity not in index})
+    strangers = sorted({class_id for _, class_id in items if class_id not in index}, key=int)
     if strangers:
         raise UserError(
-            f"{folder / LABELS_FILE} has {len(strangers)} identities that are not in the training classes "
+            f"{folder / LABELS_FILE} has {len(strangers)} class ids that are not in the training classes "
             f"(e.g. {strangers[0]}): train and dev must come from the same competition"
         )
     if not items:

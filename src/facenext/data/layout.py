@@ -1,17 +1,38 @@
-"""Find a competition's folders under a data root and check that they hold what the term promises."""
+"""Find a competition's folders under a data root by their structure, and read its label files.
+
+A competition is recognised by what its folders hold (``cls_data/train/images`` with ``labels.txt``, identity
+folders, ``known/``, the pair files), wherever the download unpacked it and whatever the folder is called. The
+term is then told apart by, in order: the term the config or command line names, the ``.complete`` marker that
+``facenext download`` and ``sample-data`` write (slug or term), and the folder names the term's zip unpacks to.
+Every competition under the data root is listed; more than one (the demo's sample beside a real download
+included) is refused with one line naming them.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..competitions import TERMS, Term, get_term
+import pandas as pd
+
 from ..errors import UserError
 
+if TYPE_CHECKING:
+    from ..competitions import Term
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff"}
-LABELS_FILE = "labels.txt"  # S25 style splits: images/<file> listed with their identity, one `path identity` a line
+LABELS_FILE = "labels.txt"  # S25 on: one `<image_file> <class_id>` a line, file names relative to images/
+IMAGES_DIR = "images"
+MARKER = ".complete"  # written by `facenext download` (slug) and `facenext sample-data` (term, sample)
+SAMPLE_GLOB = "*sample_submission*.csv"
+
+
+class AmbiguousData(UserError):
+    """More than one competition could be meant: the user must name one (never a silent pick)."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +43,7 @@ class Layout:
     root: Path
     train: Path
     dev: Path | None
-    test: Path | None
+    test: Path | None  # the flat folder of classification test images
     cls_sample: Path | None
     known: Path | None = None
     unknown_dev: Path | None = None
@@ -32,6 +53,15 @@ class Layout:
     ver_images: Path | None = None
     val_pairs: Path | None = None
     test_pairs: Path | None = None
+    test_labels: Path | None = None  # S25 shipped test/labels.txt; F26 does not
+    samples: tuple[Path, ...] = ()  # every *sample_submission*.csv in the competition folder
+    is_sample: bool = False  # written by `facenext sample-data`
+
+    @property
+    def family(self):  # the family object, imported lazily to keep imports acyclic
+        from ..competitions import family_of
+
+        return family_of(self.term)
 
 
 def list_images(folder: Path) -> list[str]:
@@ -40,32 +70,50 @@ def list_images(folder: Path) -> list[str]:
 
 
 def list_classes(folder: Path) -> list[str]:
-    """Identity folders in ImageFolder order (sorted names): the class index of each identity.
+    """The class of each index, in order: identity folders (ImageFolder order: sorted names), or class ids.
 
-    A split with a ``labels.txt`` gives its identities from that file instead, sorted the same way, except that
-    identities which are all integers sort by value (so that label ``k`` gets index ``k`` when they run 0..N-1).
+    A split with a ``labels.txt`` gives integer class ids: index ``k`` is class id ``k``, for every id up to the
+    largest one listed (``"0", "1", ..., "8630"``), so that a prediction's index is the id the competition expects.
     """
     folder = Path(folder)
     if (folder / LABELS_FILE).is_file():
-        names = {identity for _, identity in read_labels(folder)}
-        if all(n.isdigit() for n in names):
-            return sorted(names, key=lambda n: (int(n), n))
-        return sorted(names)
+        ids = {int(class_id) for _, class_id in read_labels(folder)}
+        return [str(i) for i in range(max(ids) + 1)] if ids else []
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
 def read_labels(folder: Path) -> list[tuple[str, str]]:
-    """``(image path relative to folder, identity)`` for each line of ``folder/labels.txt``, in file order."""
+    """``(image path relative to folder, class id)`` for each line of ``folder/labels.txt``, in file order.
+
+    A line is ``<image_file> <class_id>`` (``train_000000.jpg 4521``): the file name relative to ``images/`` and an
+    integer id. A leading ``images/`` in the file name is accepted too.
+    """
     path = Path(folder) / LABELS_FILE
     items = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split()
-        if len(fields) != 2:
-            raise UserError(f"{path}, line {number}: expected `images/<file> <identity>`, got {line.strip()!r}")
-        items.append((fields[0], fields[1]))
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit() or int(fields[1]) < 0:
+            raise UserError(f"{path}, line {number}: expected `<image_file> <class_id>`, got {line.strip()!r}")
+        name = fields[0].removeprefix(f"{IMAGES_DIR}/")
+        items.append((f"{IMAGES_DIR}/{name}", str(int(fields[1]))))
     return items
+
+
+def read_pairs(path: Path, labelled: bool, csv: bool = False) -> pd.DataFrame:
+    """Pairs as columns img1, img2 (and label): space-separated lines (F24 on), or S22's CSV with a header."""
+    columns = ["img1", "img2", "label"] if labelled else ["img1", "img2"]
+    if csv:
+        frame = pd.read_csv(path, dtype=str)
+        if frame.shape[1] < len(columns):
+            raise UserError(f"{path}: expected columns like img_path1,img_path2{',gt' if labelled else ''}")
+        frame = frame.iloc[:, : len(columns)].set_axis(columns, axis=1)
+    else:
+        frame = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype=str)
+    if frame.isna().any().any():
+        raise UserError(f"{path}: every line must hold {len(columns)} fields")
+    return frame
 
 
 def _candidates(root: Path) -> Iterator[Path]:
@@ -79,60 +127,79 @@ def _candidates(root: Path) -> Iterator[Path]:
 
 def _subdirs(path: Path) -> list[Path]:
     try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "answers")
     except OSError:
         return []
 
 
-def _find_part(root: Path, folder: str, marker: str) -> Path | None:
-    for candidate in _candidates(root):
-        base = candidate if not folder or candidate.name == folder else None
-        if base is not None and (base / marker).exists():
-            return base
-    return None
+def _chain(folder: Path, root: Path) -> list[Path]:
+    """``folder`` and its parents up to ``root`` included."""
+    chain = [folder]
+    while chain[-1] != root and chain[-1].parent != chain[-1] and root in chain[-1].parents:
+        chain.append(chain[-1].parent)
+    return chain
 
 
-def _optional(base: Path | None, rel: str | None) -> Path | None:
-    if base is None or rel is None:
-        return None
-    path = base / rel
-    return path if path.exists() else None
+def read_marker(folder: Path, root: Path) -> dict:
+    """The nearest ``.complete`` marker's content between ``folder`` and ``root`` ({} when none is readable)."""
+    for path in _chain(folder, root):
+        try:
+            data = json.loads((path / MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return {}
 
 
-def _locate(root: Path, term: Term) -> Layout | None:
-    marker = f"{term.train}/{term.labels_file}" if term.labels_file else term.train
-    cls_base = _find_part(root, term.cls_dir, marker)
-    if cls_base is None:
-        return None
-    if term.verification == "identity":
-        ver_base = _find_part(root, term.ver_dir, term.known)
-        ver = dict(
-            known=_optional(ver_base, term.known),
-            unknown_dev=_optional(ver_base, term.unknown_dev),
-            unknown_test=_optional(ver_base, term.unknown_test),
-            ver_dev_labels=_optional(ver_base, term.ver_dev_labels),
-            ver_sample=_optional(ver_base, term.ver_sample),
-        )
-    else:
-        ver_base = _find_part(root, term.ver_dir, term.val_pairs)
-        ver = dict(
-            ver_images=_optional(ver_base, term.ver_images),
-            val_pairs=_optional(ver_base, term.val_pairs),
-            test_pairs=_optional(ver_base, term.test_pairs),
-        )
-    return Layout(
-        term=term,
-        root=root,
-        train=cls_base / term.train,
-        dev=_optional(cls_base, term.dev),
-        test=_optional(cls_base, term.test),
-        cls_sample=_optional(cls_base, term.cls_sample),
-        **ver,
+@dataclass(frozen=True)
+class Found:
+    """A competition found at ``folder``: its term, or the terms it could be when nothing tells them apart."""
+
+    folder: Path
+    terms: tuple[Term, ...]
+
+    def describe(self) -> str:
+        return f"{'/'.join(t.key for t in self.terms)} at {self.folder}"
+
+
+def _identify(folder: Path, root: Path, terms: list[Term]) -> tuple[Term, ...]:
+    """Narrow the terms whose structure matches ``folder``: by the marker, then by folder names."""
+    if len(terms) <= 1:
+        return tuple(terms)
+    marker = read_marker(folder, root)
+    by_marker = [t for t in terms if marker.get("term") == t.key or marker.get("slug") in t.slugs]
+    if by_marker:
+        return tuple(by_marker[:1])
+    names = {p.name for p in _chain(folder, root)}
+    by_name = [t for t in terms if names & set(t.folders)]
+    return tuple(by_name or terms)
+
+
+def find_competitions(root: Path, terms: list[Term]) -> list[Found]:
+    """Every competition of ``terms`` under ``root`` (up to two levels down), by structure."""
+    from ..competitions import family_of
+
+    found: list[Found] = []
+    for folder in _candidates(root):
+        matching = [t for t in terms if family_of(t).matches(folder, t)]
+        if matching:
+            found.append(Found(folder, _identify(folder, root, matching)))
+    return found
+
+
+def _ambiguity(root: Path, found: list[Found]) -> str:
+    listed = "; ".join(f.describe() for f in found)
+    return (
+        f"{len(found)} competitions under {root} ({listed}): set data.root (or --data) to one of these folders, "
+        "and data.term (or --term) to its term"
     )
 
 
 def find_layout(root: str | Path, term: str = "auto") -> Layout:
-    """Locate the competition under ``root``; ``term="auto"`` tries every known term's layout."""
+    """Locate the one competition under ``root``; ``term="auto"`` recognises any known term by its structure."""
+    from ..competitions import TERMS, family_of, get_term
+
     root = Path(root)
     if not root.is_dir():
         raise UserError(
@@ -140,12 +207,38 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
             "or set data.root=<folder>"
         )
     try:
-        terms = list(TERMS.values()) if term == "auto" else [get_term(term)]
+        wanted = list(TERMS.values()) if term in ("auto", "", None) else [get_term(term)]
     except KeyError as e:
         raise UserError(f"{e.args[0]} (config key data.term)") from None
-    for candidate in terms:
-        layout = _locate(root, candidate)
-        if layout is not None:
-            return layout
-    wanted = "; ".join(f"{t.key}: {t.cls_dir or '.'}/{t.train}" for t in terms)
-    raise UserError(f"no competition found under {root}: expected one of these layouts ({wanted})")
+    found = find_competitions(root, wanted)
+    if not found:
+        expected = "; ".join(f"{t.key}: {family_of(t).describe(t)}" for t in wanted)
+        raise UserError(f"no competition found under {root}: expected one of these layouts ({expected})")
+    if len(found) > 1:
+        raise AmbiguousData(_ambiguity(root, found))
+    (one,) = found
+    if len(one.terms) > 1:
+        keys = ", ".join(t.key for t in one.terms)
+        raise AmbiguousData(
+            f"{one.folder} holds a competition in a layout that terms {keys} share, and nothing says which: "
+            f"set data.term (or pass --term) to one of {keys}"
+        )
+    layout = family_of(one.terms[0]).layout(one.folder, one.terms[0], root)
+    if layout.is_sample and term not in ("auto", "", None):
+        others = [f for f in find_competitions(root, list(TERMS.values())) if f.folder != one.folder]
+        if others:  # the demo's sample must never stand in silently for a real download beside it
+            raise AmbiguousData(_ambiguity(root, [one, *others]))
+    return layout
+
+
+def optional(base: Path | None, rel: str | None) -> Path | None:
+    if base is None or rel is None:
+        return None
+    path = base / rel
+    return path if path.exists() else None
+
+
+def sample_submissions(folder: Path) -> tuple[Path, ...]:
+    """Every ``*sample_submission*.csv`` in ``folder`` and its subfolders (two levels)."""
+    found = [p for level in ("", "*/", "*/*/") for p in folder.glob(level + SAMPLE_GLOB) if p.is_file()]
+    return tuple(sorted(set(found)))

@@ -7,6 +7,7 @@ the test splits is written beside the competition (``answers/``), so that test p
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..competitions import Term, get_term, numbered_name
+from ..competitions import Term, family_of, get_term, numbered_name
 from ..errors import UserError
 from .faces import random_traits, render_face
-from .layout import list_classes, list_images
+from .layout import MARKER, list_classes, list_images
 
 ImageMaker = Callable[[], bytes]  # returns the bytes of a JPEG file
 
@@ -136,21 +137,22 @@ def _write_folders(base: Path, per_identity: dict[str, list[ImageMaker]]) -> Non
             _write(base / name / f"{j + 1:04d}_01.jpg", maker)
 
 
-def _write_labelled(base: Path, per_identity: dict[str, list[ImageMaker]], labels_file: str) -> None:
-    """An S25-style split: ``images/<nnnnnn>.jpg`` and ``labels.txt`` with ``images/<file> <identity>`` lines."""
-    lines = []
-    for name, makers in per_identity.items():
-        for maker in makers:
-            rel = f"images/{len(lines):06d}.jpg"
-            _write(base / rel, maker)
-            lines.append(f"{rel} {name}\n")
-    base.mkdir(parents=True, exist_ok=True)
-    (base / labels_file).write_text("".join(lines))
+def _write_labelled(base: Path, items: list[tuple[int, ImageMaker]], labels_file: str | None) -> list[str]:
+    """An S25-on split: ``images/<split>_<nnnnnn>.jpg`` and (unless None) ``labels.txt`` with
+    ``<image_file> <class_id>`` lines, file names relative to ``images/``; returns the file names."""
+    names = [f"{base.name}_{i:06d}.jpg" for i in range(len(items))]
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    for file_name, (_, maker) in zip(names, items, strict=True):
+        _write(base / "images" / file_name, maker)
+    if labels_file:
+        (base / labels_file).write_text("".join(f"{f} {c}\n" for f, (c, _) in zip(names, items, strict=True)))
+    return names
 
 
-def _write_split(base: Path, per_identity: dict[str, list[ImageMaker]], term: Term) -> None:
+def _write_split(base: Path, per_identity: dict[str, list[ImageMaker]], term: Term, classes: list[str]) -> None:
     if term.labels_file:
-        _write_labelled(base, per_identity, term.labels_file)
+        index = {name: i for i, name in enumerate(classes)}
+        _write_labelled(base, [(index[n], m) for n, makers in per_identity.items() for m in makers], term.labels_file)
     else:
         _write_folders(base, per_identity)
 
@@ -165,7 +167,7 @@ def _truth(split_items: list[tuple[str, ImageMaker]], known: dict, no_match: str
     return [name if name in known or no_match is None else no_match for name, _ in split_items]
 
 
-def write_identity_competition(split: Split, out: Path, term: Term) -> None:
+def write_identity_competition(split: Split, out: Path, term: Term, seed: int = 0) -> None:
     """Classification + known/unknown verification, as in F22/S23/F23/S24."""
     ver_dir, answers = out / term.ver_dir, out / "answers"
     _write_classification(split, out, term)
@@ -195,16 +197,20 @@ def write_identity_competition(split: Split, out: Path, term: Term) -> None:
 def _write_classification(split: Split, out: Path, term: Term) -> None:
     """Train and dev splits, the flat test folder with its sample submission, and the test answer key."""
     cls_dir = out / term.cls_dir
-    _write_split(cls_dir / term.train, split.train, term)
-    _write_split(cls_dir / term.dev, split.dev, term)
+    classes = sorted(split.train)
+    _write_split(cls_dir / term.train, split.train, term, classes)
+    _write_split(cls_dir / term.dev, split.dev, term, classes)
     if term.test is None:
         return
-    test_names = [numbered_name(i, term) for i in range(len(split.test))]
-    _write_flat(cls_dir / term.test, split.test, test_names)
+    labels = [classes.index(name) for name, _ in split.test]
+    if term.labels_file:  # test/images/, with labels.txt as S25 shipped it (F26 ships none)
+        test_labels = term.labels_file if term.key == "s25" else None
+        test_names = _write_labelled(cls_dir / term.test, list(zip(labels, [m for _, m in split.test])), test_labels)
+    else:
+        test_names = [numbered_name(i, term) for i in range(len(split.test))]
+        _write_flat(cls_dir / term.test, split.test, test_names)
     if term.cls_sample:
         pd.DataFrame({"id": test_names, "label": 0}).to_csv(cls_dir / term.cls_sample, index=False)
-    classes = sorted(split.train)
-    labels = [classes.index(name) for name, _ in split.test]
     (out / "answers").mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"id": test_names, "label": labels}).to_csv(out / "answers" / "classification_test.csv", index=False)
 
@@ -225,6 +231,13 @@ def _pairs(items: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple
     return [pairs[i] for i in rng.permutation(len(pairs))]
 
 
+def _opaque_name(counter: int) -> str:
+    """An 8-letter name like the real ``ver_data/q6HIqRrx.jpg``, fixed by ``counter``."""
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    rng = np.random.default_rng([7, counter])
+    return "".join(letters[i] for i in rng.integers(0, len(letters), 8)) + f"{counter:03d}.jpg"
+
+
 def write_pairs_competition(split: Split, out: Path, term: Term, seed: int) -> None:
     """Classification data + labelled validation pairs and unlabelled test pairs, as in S22, F24 and S25."""
     base, answers = out / term.ver_dir, out / "answers"
@@ -237,9 +250,10 @@ def write_pairs_competition(split: Split, out: Path, term: Term, seed: int) -> N
         files[pool] = []
         sub = f"{term.pair_dirs[0 if pool == 'val' else 1]}/" if term.pair_dirs else ""
         for name, maker in items:
-            rel = f"{term.ver_images}/{sub}{counter:05d}.jpg"
-            _write(base / rel, maker)
-            files[pool].append((name, rel))
+            rel = f"{sub}{_opaque_name(counter)}"
+            _write(base / term.ver_images / rel, maker)
+            # S22's CSVs name paths under the verification folder; S25 on, bare names relative to ver_data/
+            files[pool].append((name, f"{term.ver_images}/{rel}" if term.pairs_csv else rel))
             counter += 1
     val = _pairs(files["val"], rng)
     test = _pairs(files["test"], rng)
@@ -286,10 +300,13 @@ def write_sample_competition(
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if spec.verification == "identity":
-        write_identity_competition(split, partial, spec)
-    else:
-        write_pairs_competition(split, partial, spec, seed)
+    # Terms recognised by structure unpack into one folder (hw2p2_data/, ...): the sample does the same.
+    folder = partial if spec.cls_dir else partial / spec.folders[0]
+    family_of(spec).write_sample(split, folder, spec, seed)
+    if folder != partial:
+        (folder / "answers").rename(partial / "answers")
+    # The marker a download writes, naming the term: folders that several terms share are told apart by it.
+    (partial / MARKER).write_text(json.dumps({"term": spec.key, "sample": True}) + "\n")
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)

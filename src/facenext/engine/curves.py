@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..io import atomic_write
+from ..run import RunDir
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -55,9 +57,11 @@ class ExperimentLogger:
                     import wandb
                 except ImportError:
                     raise UserError("train.log_to has wandb, which is not installed: pip install wandb") from None
-                self.writers.append(
-                    ("wandb", wandb.init(project="facenext", name=run_dir.name, config=config, resume="allow"))
-                )
+                run = wandb.init(project="facenext", name=run_dir.name, config=config, resume="allow")
+                self.writers.append(("wandb", run))
+                # `facenext submit` reads it for the grading tag (<tag>|WB=<entity>/<project>/<run_id>)
+                with contextlib.suppress(AttributeError, TypeError, OSError):
+                    RunDir(run_dir).write_wandb_run(f"{run.entity}/{run.project}/{run.id}", getattr(run, "url", None))
             else:
                 raise UserError(f"unknown logger {target!r} in train.log_to: use tensorboard or wandb")
 

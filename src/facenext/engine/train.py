@@ -40,6 +40,7 @@ from ..errors import UserError
 from ..losses import build_loss
 from ..models import count_parameters, model_from_config
 from ..run import RunDir
+from ..scoring import TermScorer
 from .curves import ExperimentLogger, plot_curves
 from .distributed import DistContext, all_gather, all_sum, any_rank, barrier, init_distributed
 from .meters import StepMeter, sum_dtype
@@ -47,7 +48,7 @@ from .meters import StepMeter, sum_dtype
 # The first eight columns are the documented contract; later ones are additions.
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "lr", "images_per_s", "epoch_s",
-    "ema_dev_acc", "skipped_steps",
+    "ema_dev_acc", "skipped_steps", "dev_eer", "dev_score",
 ]  # fmt: skip
 KAGGLE_TIME_LIMIT_H = 11.5  # Kaggle notebook sessions end after 12 hours
 
@@ -316,6 +317,9 @@ class Trainer:
         self.steps_per_epoch = -(-self.batches_per_epoch // t.accum_steps)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        # best_acc holds the best dev score in the term's own metric (facenext.scoring): accuracy for F23-style
+        # terms, 1 - EER for pair terms, the combined score for F26
+        self.scorer = TermScorer(self.data.layout, config)
         self.best_acc, self.best_source, self.history, self.top = -1.0, "", [], []
         self.epoch_stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, seconds: carried by recovery files
         self.bad_steps, self.skipped = 0, 0  # non-finite losses in a row now, and in this epoch
@@ -590,18 +594,22 @@ class Trainer:
         seconds = self.epoch_stats[3]
         row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count}
         dev_loss = dev_acc = ema_acc = float("nan")
+        score = ema_score = {"dev_score": float("nan")}
         if self.ctx.is_main and self.dev_loader is not None:
             dev_loss, dev_acc = evaluate(self.model, self.dev_loader, self.to_model, self.dtype)
+            score = self.scorer.score(self.model, self.to_model, self.dtype, dev_acc)
             if self.ema is not None:
                 ema_acc = evaluate(self.ema.module, self.dev_loader, self.to_model, self.dtype)[1]
+                ema_score = self.scorer.score(self.ema.module, self.to_model, self.dtype, ema_acc)
         row.update(dev_loss=dev_loss, dev_acc=dev_acc, ema_dev_acc=ema_acc, lr=self.optimizer.param_groups[0]["lr"])
+        row.update(score)
         row.update(images_per_s=count / max(seconds, 1e-9), epoch_s=seconds, skipped_steps=self.skipped)
         self.epoch += 1
         self.batch_in_epoch, self.epoch_stats, self.skipped = 0, [0.0, 0.0, 0.0, 0.0], 0
         self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
         rng = self.gather_rng()
         if self.ctx.is_main:
-            self._save_epoch(dev_acc, ema_acc, rng)
+            self._save_epoch(score["dev_score"], ema_score["dev_score"], rng)
         barrier(self.ctx)
         return row
 
@@ -643,6 +651,8 @@ class Trainer:
     def _print_epoch(self, row: dict[str, Any]) -> None:
         ema = f" (EMA {row['ema_dev_acc']:.3f})" if self.ema is not None else ""
         skipped = f"  {row['skipped_steps']} steps skipped" if row["skipped_steps"] else ""
+        if "dev_eer" in row:
+            skipped += f"  dev EER {row['dev_eer']:.4f} score {row['dev_score']:.4f}"
         print(
             f"epoch {row['epoch']:>3}/{self.config.train.epochs}  train loss {row['train_loss']:.3f} "
             f"acc {row['train_acc']:.3f}  dev loss {row['dev_loss']:.3f} acc {row['dev_acc']:.3f}{ema}  "
@@ -717,6 +727,7 @@ class Trainer:
             "stopped": stopped,
             "best_dev_acc": self.best_acc,
             "best_source": self.best_source,
+            **self.scorer.summary(self.history, self.best_acc),
             "last_dev_acc": last.get("dev_acc"),
             "train_s": round(sum(r["epoch_s"] for r in self.history), 2),
             "device": str(self.device),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..combined import write_run_submission
 from ..data.layout import find_layout
 from ..io import write_json
 from .embeddings import EmbeddingCache, open_run, weights_fingerprint
@@ -19,10 +20,13 @@ def verify(
     weights: str = "best",
     data_root: str | None = None,
     cache: bool = True,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
     """Score the dev verification set and write the test submission, for whichever family the term uses.
 
-    ``cache=False`` recomputes every embedding (and refreshes the cache files).
+    ``cache=False`` recomputes every embedding (and refreshes the cache files). For the combined task (F26) the
+    pair scores are saved and, once ``predict`` has saved the test logits in the same folder, the submission with
+    both parts is written in the format ``fmt`` (default: the sample submission or predict.submission_format).
     """
     run, facts = open_run(run_dir, weights)
     tta = tta or facts.tta
@@ -31,6 +35,12 @@ def verify(
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
     family = verify_identities if layout.term.verification == "identity" else verify_pairs
     result = family(embeddings, layout, out)
+    if layout.family.name == "combined":
+        combined = write_run_submission(
+            out, layout, fmt or run.config.predict.submission_format, len(run.classes), run.path
+        )
+        if combined is not None:
+            result["submission"] = str(combined)
     summary = {"run": str(run.path), "term": layout.term.key, "tta": tta, **result}
     summary["embedded_images"] = embeddings.embedded
     write_json(out / "verify.json", summary)

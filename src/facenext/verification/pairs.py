@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.layout import Layout
+from ..combined import save_pair_scores
+from ..competitions.families import pair_image_base
+from ..data.layout import Layout, read_pairs
 from ..errors import UserError
 from ..submission import write_submission
 from .embeddings import EmbeddingCache
@@ -16,21 +18,6 @@ from .metrics import pair_metrics
 from .plots import write_score_figures
 
 PAIR_CHUNK = 8192  # pairs scored per step: extra memory is 2 x CHUNK x embedding size, whatever the number of pairs
-
-
-def read_pairs(path: Path, labelled: bool, csv: bool = False) -> pd.DataFrame:
-    """Pairs as columns img1, img2 (and label): space-separated lines (F24 on), or S22's CSV with a header."""
-    columns = ["img1", "img2", "label"] if labelled else ["img1", "img2"]
-    if csv:
-        frame = pd.read_csv(path, dtype=str)
-        if frame.shape[1] < len(columns):
-            raise UserError(f"{path}: expected columns like img_path1,img_path2{',gt' if labelled else ''}")
-        frame = frame.iloc[:, : len(columns)].set_axis(columns, axis=1)
-    else:
-        frame = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype=str)
-    if frame.isna().any().any():
-        raise UserError(f"{path}: every line must hold {len(columns)} fields")
-    return frame
 
 
 def score_pairs(feats: np.ndarray, first: np.ndarray, second: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
@@ -51,10 +38,16 @@ def pair_scores(cache: EmbeddingCache, split: str, base: Path, pairs: pd.DataFra
     return score_pairs(feats, first, second)
 
 
-def evaluate_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
-    """The field's metrics on the labelled dev pairs, and the ROC and score figures; the summary entries."""
+def split_pair_scores(cache: EmbeddingCache, layout: Layout, split: str, pairs: pd.DataFrame) -> np.ndarray:
+    """Scores of a pair list, its names resolved where the term keeps the pair images (``ver_data/`` from S25 on)."""
+    return pair_scores(cache, split, pair_image_base(layout, pairs["img1"].iloc[0]), pairs)
+
+
+def evaluate_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The field's metrics on the labelled dev pairs, and the ROC and score figures: the summary entries, the
+    scores and the labels."""
     val = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
-    scores = pair_scores(cache, "dev", layout.val_pairs.parent, val)
+    scores = split_pair_scores(cache, layout, "dev", val)
     labels = val["label"].astype(int).to_numpy()
     metrics = pair_metrics(scores, labels)
     summary: dict[str, Any] = {f"dev_{k}": v for k, v in metrics.items()}
@@ -66,26 +59,30 @@ def evaluate_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str
         f"AUC {metrics['auc']:.4f}, TAR@FAR1e-3 {metrics['tar_at_far_0.001']:.4f}, "
         f"best accuracy {metrics['best_accuracy']:.4f}{folds} ({len(val)} pairs)"
     )
-    return summary
+    return summary, scores, labels
 
 
-def write_pair_submission(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
+def write_pair_submission(layout: Layout, out: Path, scores: np.ndarray) -> dict[str, Any]:
     """The test submission: one score per test pair, ids ``0..pairs-1``, under the term's header."""
-    test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
-    # both pair lists sit in one folder (the layout finds them together) and name images relative to it
-    scores = pair_scores(cache, "test", layout.val_pairs.parent, test)
     id_col, score_col = layout.term.pair_header
     path = out / "verification_submission.csv"
-    write_submission(path, {id_col: range(len(test)), score_col: scores}, layout=layout, kind="verification")
-    print(f"wrote {path} ({len(test)} rows)")
+    write_submission(path, {id_col: range(len(scores)), score_col: scores}, layout=layout, kind="verification")
+    print(f"wrote {path} ({len(scores)} rows)")
     return {"submission": str(path)}
 
 
 def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
-    """Evaluate on the dev pairs and write the test submission (when test pairs are present)."""
+    """Evaluate on the dev pairs and score the test pairs (when present). The scores are saved for ensembles; the
+    test submission is written here, except for the combined task (F26), whose file also needs the classification
+    part (``verification.command``)."""
     if layout.val_pairs is None:
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
-    summary = evaluate_pairs(cache, layout, out)
+    summary, val_scores, labels = evaluate_pairs(cache, layout, out)
+    test_scores = None
     if layout.test_pairs is not None:
-        summary.update(write_pair_submission(cache, layout, out))
+        test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
+        test_scores = split_pair_scores(cache, layout, "test", test)
+        if layout.family.name != "combined":
+            summary.update(write_pair_submission(layout, out, test_scores))
+    save_pair_scores(out, val_scores, labels, test_scores)
     return summary
