@@ -444,6 +444,7 @@ def report(results: dict, device: torch.device, plan: Plan) -> str:
     peak = results["peak"]
     sizes = results["sizes"]
     gib = lambda v: f"{v:.2f}" if v else "-"  # noqa: E731
+    smoke = plan is CPU_PLAN
     best = {i: max(r["loop_cpu"], r["loop_gpu"], r.get("loop_gpu_compile", 0.0)) for i, r in sizes.items()}
     lines = [
         "# GPU check: FaceNext's training step beside the seed's, on this machine",
@@ -456,7 +457,8 @@ def report(results: dict, device: torch.device, plan: Plan) -> str:
         f"{'fp16 autocast + GradScaler' if device.type == 'cuda' else 'fp32 (no autocast off CUDA)'}, NCHW",
         f"- global batch {plan.batch}, {plan.workers} loader workers, {sizes[0]['classes']:,} identities (one "
         f"synthetic JPEG face each); the first {plan.warm} batches of each loop untimed; matmul peak "
-        f"({precision_name(dtype)}, {plan.matmul}x{plan.matmul}): {peak / 1e12:.1f} TFLOP/s",
+        f"({precision_name(dtype)}, {plan.matmul}x{plan.matmul}): {peak / 1e12:.3g} TFLOP/s",
+        *([f"- CPU smoke run: our model is {' '.join(plan.model)}; the numbers check the plumbing only"] * smoke),
         "",
         "## Summary",
         "",
@@ -469,7 +471,7 @@ def report(results: dict, device: torch.device, plan: Plan) -> str:
     for i, r in sizes.items():
         feed = plan.workers * r["worker_device_aug"]
         lines.append(
-            f"| {plan.workers} workers feed (augmenting on the GPU) vs the model alone, {plan.sizes[i]} px | "
+            f"| {plan.workers} worker(s) feed (augmenting on the GPU) vs the model alone, {plan.sizes[i]} px | "
             f"{feed / r['ours_train']:.2f}x | ≥ 1x (the data path never the bottleneck) |"
         )
     f23 = projection(results, plan, 0)
@@ -482,7 +484,7 @@ def report(results: dict, device: torch.device, plan: Plan) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     names = [
-        ("loop_seed", "seed's loop (torchvision in workers, fp16, NCHW)", "flops_seed"),
+        ("loop_seed", "seed's loop (torchvision in workers, NCHW, fp16 on CUDA)", "flops_seed"),
         ("loop_cpu", "ours, augmenting in the workers", "flops_ours"),
         ("loop_gpu", "ours, augmenting on the GPU", "flops_ours"),
         ("loop_gpu_compile", "ours, augmenting on the GPU, torch.compile", "flops_ours"),

@@ -78,7 +78,9 @@ class DeviceAugment(BatchToModel):
         super().__init__(mean, std, device, channels_last)
         self.fill = torch.tensor(erase_fill(mean), dtype=torch.float32, device=self.device)
         self.luma = torch.tensor(LUMA, dtype=torch.float32, device=self.device)
-        self._pixels: dict[tuple[int, int], torch.Tensor] = {}
+        self.eye = torch.eye(3, device=self.device)
+        self.grey = torch.ones(3, 1, device=self.device) * self.luma  # every row is the luma weights
+        self._pixels: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if isinstance(batch, torch.Tensor):
@@ -93,20 +95,21 @@ class DeviceAugment(BatchToModel):
         x = images.to(self.device, non_blocking=True).to(torch.float32)
         params = params.to(torch.float64)
         # Inverted on the host in float64: a few microseconds for a batch of 3x3 matrices, and exact enough.
-        inverse = torch.linalg.inv(params[:, 3:12].reshape(-1, 3, 3)).to(self.device, torch.float32)
-        params = params.to(self.device, torch.float32)
-        x = self._colour(x, params[:, :3])
-        x = self._warp(x.permute(0, 3, 1, 2), inverse)
-        return self._erase(x, params[:, 12:16])
+        inverse = torch.linalg.inv(params[:, 3:12].reshape(-1, 3, 3)).reshape(-1, 9)
+        packed = torch.cat([params[:, :3], inverse, params[:, 12:16]], dim=1).to(torch.float32)
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()  # copied without waiting for the GPU: no synchronisation per batch
+        packed = packed.to(self.device, non_blocking=True)
+        x = self._colour(x, packed[:, :3])
+        x = self._warp(x.permute(0, 3, 1, 2), packed[:, 3:12].view(-1, 3, 3))
+        return self._erase(x, packed[:, 12:16])
 
     def _colour(self, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
         """``transforms.colour_matrix`` for a whole batch: saturation blends with the luma, contrast with the mean
         luma, brightness scales; one 3x3 matrix and one offset per image, saturated once."""
         brightness, contrast, saturation = factors.unbind(1)
         mean_luma = x.mean(dim=(1, 2)) @ self.luma
-        eye = torch.eye(3, device=x.device)
-        grey = torch.ones(3, 1, device=x.device) * self.luma  # every row is the luma weights
-        mix = saturation.view(-1, 1, 1) * eye + (1 - saturation).view(-1, 1, 1) * grey
+        mix = saturation.view(-1, 1, 1) * self.eye + (1 - saturation).view(-1, 1, 1) * self.grey
         matrix = (brightness * contrast).view(-1, 1, 1) * mix
         offset = brightness * (1 - contrast) * mean_luma
         return (torch.einsum("nij,nhwj->nhwi", matrix, x) + offset.view(-1, 1, 1, 1)).clamp_(0, 255)
@@ -114,18 +117,19 @@ class DeviceAugment(BatchToModel):
     def _warp(self, x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         """Each output pixel samples the source at ``inverse`` @ (x, y, 1), as ``cv2.warpPerspective`` does."""
         n, _, height, width = x.shape
-        source = torch.einsum("nij,pj->npi", inverse, self._pixel_grid(height, width))
-        xy = source[..., :2] / source[..., 2:]
-        # align_corners=True: -1 and 1 are the centres of the first and last pixels, pixel coordinates 0 and side - 1.
-        to_unit = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=x.device)
-        grid = (xy * to_unit - 1).view(n, height, width, 2)
+        pixels, to_unit = self._pixel_grid(height, width)
+        source = torch.einsum("nij,pj->npi", inverse, pixels)
+        grid = (source[..., :2] / source[..., 2:] * to_unit - 1).view(n, height, width, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
-    def _pixel_grid(self, height: int, width: int) -> torch.Tensor:
+    def _pixel_grid(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y, 1) of every output pixel, and the scale from pixel to grid_sample coordinates (align_corners:
+        -1 and 1 are the centres of the first and last pixels), made once per size on the device."""
         if (height, width) not in self._pixels:
             ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-            grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)
-            self._pixels[height, width] = grid.to(self.device, torch.float32)
+            grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3).to(torch.float32)
+            to_unit = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)])
+            self._pixels[height, width] = (grid.to(self.device), to_unit.to(self.device))
         return self._pixels[height, width]
 
     def _erase(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
