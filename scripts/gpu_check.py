@@ -102,7 +102,7 @@ class Plan:
         return create_model(values["model.name"], classes, drop_path_rate=0.5, **shape)
 
 
-GPU_PLAN = Plan((112, 224), 256, 7001, 512, 5, 20, 4, 512, 8192, True)
+GPU_PLAN = Plan((112, 224), 256, 7001, 512, 5, 15, 4, 512, 8192, True)
 # Smoke run: every row, tiny images and a tiny model of ours (the seed's stays as it is), no torch.compile.
 CPU_PLAN = Plan((32, 48), 8, 24, 16, 1, 1, 1, 8, 256, False, tuple(TINY_MODEL))
 
