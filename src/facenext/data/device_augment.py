@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import DECODE_ERRORS, FaceImages, load_rgb
-from .transforms import DEVICE_PRESETS, LUMA, BatchToModel, FaceAugment, erase_fill, train_transform
+from .transforms import DEVICE_PRESETS, LUMA, PRESETS, BatchToModel, FaceAugment, erase_fill, train_transform
 
 AUGMENT_DEVICES = ("cpu", "gpu", "auto")
 # Per sample: brightness, contrast and saturation factors; the 3x3 homography (row-major, pixel coordinates, as
@@ -163,7 +163,7 @@ def choose_augment_device(
     if setting not in AUGMENT_DEVICES:
         raise ValueError(f"unknown augmentation device {setting!r}: choose one of {', '.join(AUGMENT_DEVICES)}")
     if preset not in DEVICE_PRESETS:
-        if setting == "gpu" and preset != "none":
+        if setting == "gpu" and preset in PRESETS and preset != "none":  # unknown presets: train_transform says so
             raise ValueError(f"augmentation preset {preset!r} runs on the CPU only; on the device: {DEVICE_PRESETS}")
         return "cpu", ""
     if setting != "auto":
