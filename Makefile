@@ -83,3 +83,10 @@ bench-gpu: setup
 .PHONY: kernel
 kernel: setup
 	$(FACENEXT) kernel $(CONFIG) $(if $(PUSH),--push)
+
+# On a CUDA machine, at most 5 minutes: the training step (loader, augmentation on the CPU and on the GPU, precision,
+# channels-last, torch.compile) beside the seed's loop at 112 and 224 px, inference, peak memory, FLOP/s against the
+# matmul peak, DDP on two GPUs, and the F23 / F26 runs in hours; writes benchmarks/gpu.md, fails on a non-finite step.
+.PHONY: gpu-check
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py --out benchmarks/gpu.md

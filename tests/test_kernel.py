@@ -132,12 +132,15 @@ def test_kernel_output_fetches_files(fake, tmp_path):
     assert (out / "facenext-demo.log").is_file()
 
 
-def test_notebook_runs_in_a_simulated_kaggle(bundle, tmp_path):
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_notebook_runs_in_a_simulated_kaggle(bundle, tmp_path, gpus):
     kaggle = tmp_path / "kaggle"
     shutil.copytree(bundle["toolkit"], kaggle / "input" / "facenext-toolkit")
     write_sample_competition(kaggle / "input" / SLUG, identities=4, images_per_identity=10, size=48)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(FACENEXT_KAGGLE_ROOT=str(kaggle), KAGGLE_KERNEL_RUN_TYPE="Batch", PYTHONPATH="")
+    # The GPU count the notebook sees; the processes then train on the CPU (gloo), as torchrun runs them on GPUs.
+    env.update(FACENEXT_KAGGLE_GPUS=str(gpus), CUDA_VISIBLE_DEVICES="")
     script = Path(bundle["notebook"]) / "notebook.py"
     result = subprocess.run(
         [sys.executable, script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
@@ -150,3 +153,11 @@ def test_notebook_runs_in_a_simulated_kaggle(bundle, tmp_path):
     assert (working / "runs" / "demo" / "summary.json").is_file()
     assert (working / "submissions" / "demo" / "verification_submission.csv").is_file()  # the sample has both
     assert f"using FaceNext from {kaggle / 'temp' / 'facenext' / 'facenext'}" in result.stdout  # the wheel's copy
+    workers = max(1, (os.cpu_count() or 1) // gpus)
+    under = " under torchrun" if gpus > 1 else ""
+    assert f"session: {gpus} GPU(s), {os.cpu_count()} CPUs: training in {gpus} process(es){under}, {workers}" in (
+        result.stdout
+    )
+    summary = json.loads((working / "runs" / "demo" / "summary.json").read_text())
+    assert summary["processes"] == gpus and summary["complete"]
+    assert f"num_workers: {workers}" in (working / "runs" / "demo" / "config.yaml").read_text()

@@ -24,6 +24,9 @@ class DataConfig:
     term: str = "auto"  # competition term (f23, f24, ...) or auto-detect from the folder layout
     image_size: int = 112  # training and inference resolution
     augment: str = "seed"  # augmentation preset: seed, randaug, light or none
+    # Where the seed and light presets' colour, warp and erasing run: cpu (the workers), gpu (batched on the training
+    # device; workers only decode) or auto (gpu on CUDA when augmenting is at least a fifth of a worker's time).
+    augment_device: str = "auto"
     mean: tuple[float, float, float] = FACE_MEAN
     std: tuple[float, float, float] = FACE_STD
     num_workers: int = 4  # DataLoader worker processes; 0 loads in the main process

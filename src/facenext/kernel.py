@@ -9,6 +9,9 @@
   sources) and ``notebook.py``, a script with the config embedded that installs FaceNext from
   ``/kaggle/input/facenext-toolkit``, trains (``data.root=/kaggle/input``, runs under ``/kaggle/working/runs``),
   predicts, ensembles into ``/kaggle/working/submission.csv`` and runs verify when verification data is present.
+  It trains on every GPU of the session (a T4 x2 session: two processes under torchrun, the config's global
+  batch split between them) with ``os.cpu_count() // processes`` data workers per process (at least 1; Kaggle's
+  4 CPUs give 2 each on T4 x2, 4 on one GPU), and prints what it chose.
 
 ``--push`` creates (or versions) the dataset and then pushes the notebook through the ``kaggle`` client;
 ``facenext kernel-status`` and ``kernel-output`` follow it and fetch its outputs.
@@ -276,10 +279,40 @@ def facenext(*args):
         sys.exit(code)
 
 
-# 2. Train, predict, ensemble into /kaggle/working/submission.csv.
+def session_plan():
+    """One training process per GPU (a T4 x2 session: two, under torchrun, the same global batch split between
+    them) and the CPUs shared among their data workers: cpu_count // processes each, at least 1."""
+    import torch
+
+    gpus = int(os.environ.get("FACENEXT_KAGGLE_GPUS") or torch.cuda.device_count())  # the variable: tests only
+    processes = max(gpus, 1)
+    cpus = os.cpu_count() or 1
+    return gpus, processes, cpus, max(1, cpus // processes)
+
+
+# 2. Train on every GPU, predict, ensemble into /kaggle/working/submission.csv.
 (WORKING / "config.yaml").write_text(CONFIG)
 run, predictions = WORKING / "runs" / RUN, WORKING / "submissions"
-facenext("train", WORKING / "config.yaml", "--out", run, f"data.root={{INPUT}}", *OVERRIDES)
+gpus, processes, cpus, workers = session_plan()
+# The notebook's worker count goes first: data.num_workers in OVERRIDES (facenext kernel ... data.num_workers=N) wins.
+train = ["train", WORKING / "config.yaml", "--out", run, f"data.root={{INPUT}}", f"data.num_workers={{workers}}"]
+train += OVERRIDES
+print(
+    f"session: {{gpus}} GPU(s), {{cpus}} CPUs: training in {{processes}} process(es)"
+    f"{{' under torchrun' if processes > 1 else ''}}, {{workers}} data worker(s) each, train.batch_size split "
+    "between the processes",
+    flush=True,
+)
+if processes > 1:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={{processes}}"]
+    command = [*launch, "-m", "facenext", *map(str, train)]
+    print("+", " ".join(command), flush=True)
+    paths = [str(target), *filter(None, [os.environ.get("PYTHONPATH")])]
+    code = subprocess.run(command, env={{**os.environ, "PYTHONPATH": os.pathsep.join(paths)}}).returncode
+    if code:
+        sys.exit(code)
+else:
+    facenext(*train)
 facenext("predict", run, "--out", predictions / RUN)
 facenext("ensemble", run, "--predictions", predictions, "--out", WORKING / "submission.csv")
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 PRESETS = ("seed", "randaug", "light", "none")
+# Presets whose augmentation can also run batched on the training device (``data.augment_device``).
+DEVICE_PRESETS = ("seed", "light")
 
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale (used by its saturation and contrast adjustments).
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -180,9 +182,24 @@ FUSED_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _augmentations(preset: str) -> list[A.BasicTransform]:
+class DeferredFaceAugment(FaceAugment):
+    """Draws ``FaceAugment``'s parameters from the sample's generators exactly as the CPU path does, and leaves the
+    image as it is: ``facenext.data.device_augment.DeviceAugment`` applies them to whole batches on the device."""
+
+    def apply(self, img: np.ndarray, **_: Any) -> np.ndarray:
+        return img
+
+
+class DeferredErasing(A.Erasing):
+    """``A.Erasing``'s box, drawn as on the CPU path, left for the device to fill."""
+
+    def apply(self, img: np.ndarray, **_: Any) -> np.ndarray:
+        return img
+
+
+def _augmentations(preset: str, deferred: bool = False) -> list[A.BasicTransform]:
     if preset in FUSED_PRESETS:
-        return [FaceAugment(**FUSED_PRESETS[preset])]
+        return [(DeferredFaceAugment if deferred else FaceAugment)(**FUSED_PRESETS[preset])]
     if preset == "randaug":
         # RandAugment's recipe (Cubuk et al. 2020): two operations drawn per image from a pool, at one magnitude.
         return [
@@ -212,17 +229,27 @@ def _augmentations(preset: str) -> list[A.BasicTransform]:
     raise ValueError(f"unknown augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
 
 
-def train_transform(preset: str, size: int, mean: Sequence[float]) -> A.Compose:
+def erase_fill(mean: Sequence[float]) -> tuple[int, ...]:
+    """The erased patch's colour: the mean, which ``BatchToModel`` normalises to zero (up to uint8 rounding), as
+    torchvision's RandomErasing leaves it."""
+    return tuple(int(round(255 * m)) for m in mean)
+
+
+def train_transform(preset: str, size: int, mean: Sequence[float], on_device: bool = False) -> A.Compose:
     """Resize first (augmenting fewer pixels is cheaper), augment, then erase with the mean colour.
 
-    The erased patch becomes exactly zero after ``BatchToModel`` normalises, as torchvision's RandomErasing leaves
-    it (up to uint8 rounding).
+    ``on_device`` (``DEVICE_PRESETS`` only): the same pipeline with the same random draws, but the colour matrix,
+    the warp and the erasing are only drawn, not applied (``DeferredFaceAugment``, ``DeferredErasing``); workers
+    then only decode and resize.
     """
+    if on_device and preset not in DEVICE_PRESETS:
+        raise ValueError(f"augmentation preset {preset!r} runs on the CPU only; on the device: {DEVICE_PRESETS}")
     erase = []
     if preset in ("seed", "randaug"):
-        fill = tuple(int(round(255 * m)) for m in mean)
-        erase = [A.Erasing(scale=(0.05, 0.1), fill=fill, p=0.3)]
-    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), *_augmentations(preset), *erase])
+        erasing = DeferredErasing if on_device else A.Erasing
+        erase = [erasing(scale=(0.05, 0.1), fill=erase_fill(mean), p=0.3)]
+    augment = _augmentations(preset, deferred=on_device)
+    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), *augment, *erase])
 
 
 def eval_transform(size: int) -> A.Compose:

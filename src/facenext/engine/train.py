@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config
 from ..data.datasets import FaceImages, SeededSampler, image_folder
+from ..data.device_augment import DeviceAugmentImages, batch_to_model, choose_augment_device
 from ..data.layout import Layout, find_layout, list_classes
 from ..data.transforms import BatchToModel, eval_transform, train_transform
 from ..device import amp_dtype, autocast, describe_device, precision_name, resolve_device
@@ -128,19 +129,24 @@ class Data:
     classes: list[str]
     train: FaceImages
     dev: FaceImages | None
+    augment_note: str = ""  # where augmentation runs and why, when worth saying
 
 
-def load_data(config: Config) -> Data:
+def load_data(config: Config, device: torch.device | None = None) -> Data:
+    """The splits; the training set defers augmentation to ``device`` when ``data.augment_device`` says so."""
     layout = find_layout(config.data.root, config.data.term)
     classes = list_classes(layout.train)
     if len(classes) < 2:
         raise UserError(f"{layout.train} has {len(classes)} identity folders: classification needs at least 2")
     size, d = config.data.image_size, config.data
+    paths, labels = image_folder(layout.train, classes)
     try:
-        train_tf = train_transform(d.augment, size, d.mean)
+        on = device or torch.device("cpu")
+        where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean)
+        train_tf = train_transform(d.augment, size, d.mean, on_device=where == "gpu")
     except ValueError as e:
-        raise UserError(f"{e} (data.augment)") from None
-    train = FaceImages(*image_folder(layout.train, classes), train_tf, size)
+        raise UserError(f"{e} (data.augment, data.augment_device)") from None
+    train = (DeviceAugmentImages if where == "gpu" else FaceImages)(paths, labels, train_tf, size)
     dev = None
     if layout.dev is not None:
         dev = FaceImages(*image_folder(layout.dev, classes), eval_transform(size), size)
@@ -150,7 +156,7 @@ def load_data(config: Config) -> Data:
         for dataset in (train, dev):
             if dataset is not None:
                 attach_cache(dataset, d.cache_dir)
-    return Data(layout, classes, train, dev)
+    return Data(layout, classes, train, dev, note)
 
 
 @torch.no_grad()
@@ -280,7 +286,7 @@ class Trainer:
         t = config.train
         self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)
-        self.data = load_data(config)
+        self.data = load_data(config, self.device)
         num_classes = len(self.data.classes)
         self.model = model_from_config(config, num_classes).to(self.device)
         if self.ctx.rank:
@@ -292,7 +298,10 @@ class Trainer:
         self.channels_last = t.channels_last and self.device.type in ("cuda", "cpu")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.to_model = BatchToModel(config.data.mean, config.data.std, self.device, self.channels_last)
+        d = config.data
+        self.to_model = batch_to_model(self.data.train, d.mean, d.std, self.device, self.channels_last)
+        if self.data.augment_note and self.ctx.is_main:
+            print(self.data.augment_note, flush=True)
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.dtype = amp_dtype(self.device, t.amp)
         self.scaler = grad_scaler(self.device, self.dtype)
