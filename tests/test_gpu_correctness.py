@@ -224,3 +224,11 @@ def test_training_steps_make_no_host_reads(monkeypatch, sample, tmp_path):
     few = host_reads_during_training(monkeypatch, sample, tmp_path / "few", "train.batch_size=16")
     many = host_reads_during_training(monkeypatch, sample, tmp_path / "many", "train.batch_size=8")
     assert 0 < few == many
+
+
+def test_a_checkpoint_from_before_a_new_config_key_resumes(sample, tmp_path):
+    run, trainer = trained(sample, tmp_path)
+    saved = load_checkpoint(run / "last.pt")
+    older = {**saved["config"], "data": {k: v for k, v in saved["config"]["data"].items() if k != "augment_device"}}
+    save_checkpoint(run / "last.pt", {**saved, "config": older})
+    assert trainer.resume()

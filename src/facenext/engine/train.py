@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config
+from ..config import Config, config_from_dict
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.device_augment import DeviceAugmentImages, batch_to_model, choose_augment_device
 from ..data.layout import Layout, find_layout, list_classes
@@ -422,7 +422,12 @@ class Trainer:
             if (self.run_dir / "last.pt").exists():
                 raise UserError(f"no readable checkpoint in {self.run_dir}: delete the folder to start again")
             return False
-        saved, current = dict(state["config"]), self.config.to_dict()
+        # Through today's defaults: a key added since the checkpoint was written is not a different config.
+        try:
+            saved = config_from_dict(state["config"]).to_dict()
+        except UserError:
+            saved = state["config"]  # a key that no longer exists: certainly another config
+        current = self.config.to_dict()
         saved["train"] = {**saved["train"], "epochs": current["train"]["epochs"]}  # extending a run is allowed
         if saved != current:
             raise UserError(
