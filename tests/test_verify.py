@@ -226,7 +226,7 @@ def test_pair_verify_reports_the_field_metrics(f24_run, sample_f24, tmp_path):
     # recompute the scores from the cached embeddings, independently of the scoring code
     with np.load(out / "embeddings_dev.npz") as data:
         vectors = dict(zip(data["paths"].tolist(), data["vectors"], strict=True))
-    base = layout.val_pairs.parent
+    base = layout.ver_images  # bare names relative to ver_data/, as the S25-on files name them
     pairs = zip(val["img1"], val["img2"], strict=True)
     scores = np.array([vectors[str(base / a)] @ vectors[str(base / b)] for a, b in pairs])
     labels = val["label"].astype(int).to_numpy()
