@@ -37,8 +37,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers on two cores; worksteal keeps both busy while the long kill-and-resume tests run.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 download: setup
 	$(FACENEXT) download $(COMP) --out $(DATA)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,12 @@ from facenext.cli import main
 from facenext.data.sample import write_sample_competition
 
 from .fake_kaggle import FakeKaggle
+
+# `make test` runs two pytest workers on two cores (pytest-xdist): each, and every process it starts, gets one
+# thread, so that the workers do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "demo.yaml")
