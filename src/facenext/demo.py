@@ -7,7 +7,6 @@ another), checked as ``check-submission`` checks it.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from .data.sample import write_sample_competition
 from .engine.train import train
 from .ensemble import ensemble
 from .errors import UserError
-from .io import write_json
+from .io import write_bytes, write_json
 from .predict import predict
 from .verification import verify
 
@@ -66,7 +65,7 @@ def run_demo(
     ensemble([run_dir], out=submission, predictions=out)
     verified = verify(run_dir, out_dir=out / Path(run_dir).name)
     ver_submission = out / "verification_submission.csv"
-    shutil.copyfile(verified["submission"], ver_submission)
+    write_bytes(ver_submission, Path(verified["submission"]).read_bytes())
     summary = {
         "dev_accuracy": trained["best_dev_acc"],
         "test_accuracy": score_against_answers(submission, data_root / "answers" / "classification_test.csv"),
