@@ -67,7 +67,7 @@ submit: setup
 		$(if $(WANDB),--wandb $(WANDB))
 
 clean-demo:
-	rm -rf data/sample data/sample_* runs/demo submissions/demo submissions/*.csv submissions/*.json
+	rm -rf data/sample data/sample_* runs/demo runs/demo_* submissions/demo submissions/demo_* submissions/*.csv submissions/*.json
 
 bench: setup
 	$(BIN)/python scripts/bench.py --section throughput --out benchmarks/model.md

@@ -121,8 +121,10 @@ def run_pairs_demo(
 
     start = time.perf_counter()
     data_root, out = Path(data), Path(submissions)
-    if data_root == Path("data/sample"):  # each term's sample in its own folder
+    if data_root == Path("data/sample"):  # each term's sample, and its run, in its own folder
         data_root = Path(f"data/sample_{term}")
+    if Path(run_dir) == Path("runs/demo"):
+        run_dir = f"runs/demo_{term}"
     if not _sample_exists(data_root, term):
         print(f"writing the {term.upper()} sample competition to {data_root}")
         write_sample_competition(data_root, term)
