@@ -12,7 +12,7 @@ import numpy as np
 
 from .data.layout import Layout
 from .io import atomic_write, write_json
-from .submission import classification_ids, write_combined
+from .submission import classification_ids, submission_record, write_combined
 
 PAIR_SCORES = "pair_scores.npz"
 
@@ -63,10 +63,5 @@ def write_run_submission(out: Path, layout: Layout, fmt: str | None, num_classes
 
 def recorded_format(file: str | Path) -> str | None:
     """The format that ``ensemble``/``predict``/``verify`` recorded beside a combined submission (``<file>.json``)."""
-    import contextlib
-    import json
-
-    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        value = json.loads(Path(file).with_suffix(".json").read_text()).get("format")
-        return str(value) if value else None
-    return None
+    value = submission_record(file).get("format")
+    return str(value) if value else None

@@ -7,13 +7,12 @@ checkpoint. The runs behind a submission come from the ensemble's summary beside
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
 
 from .competitions import Term
 from .errors import UserError
 from .run import RunDir
+from .submission import submission_record
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -37,10 +36,9 @@ def run_parameters(run: str | Path) -> int | None:
 def runs_behind(file: str | Path, runs_root: str | Path = "runs") -> list[Path]:
     """The run folders whose models made ``file`` (empty when nothing says)."""
     path = Path(file)
-    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        runs = json.loads(path.with_suffix(".json").read_text()).get("runs", [])
-        if runs:
-            return [Path(r) for r in runs]
+    runs = submission_record(path).get("runs")
+    if isinstance(runs, list) and runs:
+        return [Path(r) for r in runs]
     candidate = RunDir(Path(runs_root) / path.parent.name)
     if candidate.summary_file.is_file() or candidate.weights_file("best").is_file():
         return [candidate.path]

@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,15 +29,13 @@ class DevPairs:
     """The labelled validation pairs: each distinct image embedded once per evaluation."""
 
     def __init__(self, layout: Layout, config: Config) -> None:
-        from .competitions.families import pair_image_base
+        from .verification.pairs import pair_images
 
         pairs = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
-        base = pair_image_base(layout, pairs["img1"].iloc[0])
-        codes, unique = pd.factorize(pd.concat([pairs["img1"], pairs["img2"]], ignore_index=True))
-        self.first, self.second = codes[: len(pairs)], codes[len(pairs) :]
+        paths, self.first, self.second = pair_images(layout, pairs)
         self.labels = pairs["label"].astype(int).to_numpy()
         size = config.data.image_size
-        self.images = FaceImages([base / name for name in unique], None, eval_transform(size), size)
+        self.images = FaceImages(paths, None, eval_transform(size), size)
         self.batch_size, self.workers = config.predict.batch_size, config.data.num_workers
 
     @torch.no_grad()

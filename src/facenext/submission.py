@@ -24,7 +24,7 @@ import pandas as pd
 
 from .data.layout import Layout, list_classes, list_images, read_pairs
 from .errors import UserError
-from .io import write_csv
+from .io import read_json, write_csv
 
 KINDS = ("classification", "verification", "combined")
 
@@ -326,6 +326,17 @@ FORMATS: dict[str, type[SubmissionFormat]] = {
     f.name: f for f in (ClassificationFormat, IdentityFormat, PairFormat, CombinedRowsFormat)
 }
 COMBINED_FORMATS = ("cls+ver-rows", "sample")
+
+
+def submission_record(file: str | Path) -> dict:
+    """What the writer recorded beside a submission (``<file>.json``: its runs, format and term); empty when
+    nothing was recorded or the record cannot be read."""
+    path = Path(file).with_suffix(".json")
+    try:
+        record = read_json(path) if path.is_file() else {}
+    except UserError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def submission_format(layout: Layout, requested: str | None = None) -> SubmissionFormat:

@@ -282,7 +282,7 @@ class Trainer:
     """Owns the model, optimizer and schedule of one run, and its folder on disk."""
 
     def __init__(self, config: Config, run_dir: Path, device: torch.device | None = None) -> None:
-        self.config, self.run_dir = config, run_dir
+        self.config, self.run_dir, self.run = config, run_dir, RunDir(run_dir)
         t = config.train
         self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)
@@ -469,7 +469,7 @@ class Trainer:
             seed_everything(t.seed + self.ctx.rank + 1_000_003 * self.step, t.deterministic)
 
     def write_metrics(self) -> None:
-        RunDir(self.run_dir).write_metrics(self.history, METRIC_COLUMNS)
+        self.run.write_metrics(self.history, METRIC_COLUMNS)
 
     def save_recovery(self) -> None:
         self._read_meter()
@@ -633,7 +633,7 @@ class Trainer:
         score, source = (ema_acc, "ema") if use_ema else (dev_acc, "raw")
         finite = all_finite(self.ema.module if use_ema else self.model)
         # Without a dev split there is nothing to rank by: the latest epoch is the best one.
-        best = RunDir(self.run_dir).weights_file("best")
+        best = self.run.weights_file("best")
         improved = finite and (score > self.best_acc or math.isnan(score) or not best.exists())
         if improved:
             self.best_acc, self.best_source = score, source
@@ -685,10 +685,9 @@ class Trainer:
         t = self.config.train
         logger = ExperimentLogger(t.log_to, self.run_dir, self.config.to_dict()) if main else None
         if main:
-            run = RunDir(self.run_dir)
-            run.write_config(self.config)
-            run.write_classes(self.data.classes)
-            run.write_fingerprint(self.data.classes, len(self.data.train))
+            self.run.write_config(self.config)
+            self.run.write_classes(self.data.classes)
+            self.run.write_fingerprint(self.data.classes, len(self.data.train))
             where = f"epoch {self.epoch + 1}"
             if self.batch_in_epoch >= self.batches_per_epoch:
                 where = f"the end of {where}"
@@ -718,7 +717,7 @@ class Trainer:
                 print(f"stopped ({stopped}) at {where}: re-run the same command to resume", flush=True)
             elif self.history and t.plot:
                 plot_curves(self.history, self.run_dir / "curves.png")
-            RunDir(self.run_dir).write_summary(summary)
+            self.run.write_summary(summary)
             logger.close()
         return summary
 

@@ -30,17 +30,18 @@ def score_pairs(feats: np.ndarray, first: np.ndarray, second: np.ndarray, chunk:
     return scores
 
 
-def pair_scores(cache: EmbeddingCache, split: str, base: Path, pairs: pd.DataFrame) -> np.ndarray:
-    """Cosine score of each pair; each distinct image is embedded once (and cached)."""
+def pair_images(layout: Layout, pairs: pd.DataFrame) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """The distinct images of a pair list, each once and resolved where the term keeps them (``ver_data/`` from S25
+    on), and each pair's two positions in that list: embed the images once, then ``score_pairs``."""
+    base = pair_image_base(layout, pairs["img1"].iloc[0])
     codes, unique = pd.factorize(pd.concat([pairs["img1"], pairs["img2"]], ignore_index=True))
-    first, second = codes[: len(pairs)], codes[len(pairs) :]
-    feats = cache.get(split, [base / name for name in unique])
-    return score_pairs(feats, first, second)
+    return [base / name for name in unique], codes[: len(pairs)], codes[len(pairs) :]
 
 
 def split_pair_scores(cache: EmbeddingCache, layout: Layout, split: str, pairs: pd.DataFrame) -> np.ndarray:
-    """Scores of a pair list, its names resolved where the term keeps the pair images (``ver_data/`` from S25 on)."""
-    return pair_scores(cache, split, pair_image_base(layout, pairs["img1"].iloc[0]), pairs)
+    """Cosine score of each pair of a split; each distinct image is embedded once (and cached)."""
+    paths, first, second = pair_images(layout, pairs)
+    return score_pairs(cache.get(split, paths), first, second)
 
 
 def evaluate_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
