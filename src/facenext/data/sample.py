@@ -296,6 +296,22 @@ def write_sample_competition(
         n_ver = max(5, identities // 2)
         source = synthetic_source(identities + n_ver, images_per_identity, size or 112, seed)
         split = split_source(source, identities, seed)
+    write_split_competition(out, spec, split, seed)
+    return {
+        "out": str(out),
+        "term": spec.key,
+        "classes": len(split.train),
+        "train_images": sum(map(len, split.train.values())),
+        "dev_images": sum(map(len, split.dev.values())),
+        "test_images": len(split.test),
+        "known_identities": len(split.known),
+        "unknown_dev_images": len(split.unknown_dev),
+        "unknown_test_images": len(split.unknown_test),
+    }
+
+
+def write_split_competition(out: Path, spec: Term, split: Split, seed: int) -> None:
+    """Write ``split`` as a competition of term ``spec`` at ``out``, laid out as its download unpacks."""
     # Write into a temporary folder and rename, so an interrupted run never leaves a competition that looks whole.
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -310,14 +326,3 @@ def write_sample_competition(
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    return {
-        "out": str(out),
-        "term": spec.key,
-        "classes": len(split.train),
-        "train_images": sum(map(len, split.train.values())),
-        "dev_images": sum(map(len, split.dev.values())),
-        "test_images": len(split.test),
-        "known_identities": len(split.known),
-        "unknown_dev_images": len(split.unknown_dev),
-        "unknown_test_images": len(split.unknown_test),
-    }

@@ -1,0 +1,276 @@
+"""Recipe experiments on few images per identity (benchmarks/recipes.md): every variant x dataset x seed.
+
+Datasets (written once under --work):
+- ``orl70``: ORL's 40 identities, 7 images each to train and 3 to evaluate, split at random per ``split seed``.
+  Variants are chosen on split seeds 100-102 ("selection"); the chosen recipe is reported on seeds 0-4 ("report"),
+  so no choice is made on the splits the headline numbers come from.
+- ``sample``: the built-in synthetic competition of ``make demo`` (30 classification identities with 18/6/6
+  images, 15 verification identities): classification dev accuracy and known/unknown matching on unknown_dev.
+- ``orlver``: ORL as an F23 competition (30 classification identities, 10 for verification), for the losses and
+  embeddings comparisons (pair EER and known/unknown accuracy on people never trained on).
+
+Each trial trains ``configs/faces_cpu.yaml`` with the variant's overrides and appends one JSON line to --results
+as soon as it ends; a trial already in the file is skipped, so an interrupted sweep continues where it stopped and
+sweeps from several machines can share one file. Trials run in parallel processes (--jobs) with --threads each.
+
+    python scripts/recipes.py run --grid ablations --jobs 2 --results benchmarks/recipes.jsonl
+    python scripts/recipes.py report benchmarks/recipes.jsonl --out benchmarks/recipes_tables.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+ORL = ROOT.parent / "shared" / "data" / "orl_faces"
+CONFIG = ROOT / "configs" / "faces_cpu.yaml"
+SELECTION_SPLITS = (100, 101, 102)
+REPORT_SPLITS = (0, 1, 2, 3, 4)
+TRAIN_SEEDS = (0, 1, 2)
+
+# Variants as overrides of configs/faces_cpu.yaml, one factor at a time.
+ABLATIONS: dict[str, list[str]] = {
+    "base": [],
+    "augment randaug": ["data.augment=randaug"],
+    "augment light": ["data.augment=light"],
+    "augment none": ["data.augment=none"],
+    "mixup 0.2": ["train.mixup=0.2"],
+    "cutmix 1.0 (p 0.5)": ["train.cutmix=1.0", "train.mix_prob=0.5"],
+    "EMA": ["train.ema=true", "train.ema_decay=0.999"],
+    "drop path 0": ["model.drop_path_rate=0.0"],
+    "drop path 0.2": ["model.drop_path_rate=0.2"],
+    "label smoothing 0": ["train.label_smoothing=0.0"],
+    "weight decay 0.01": ["train.weight_decay=0.01"],
+    "weight decay 0.1": ["train.weight_decay=0.1"],
+    "lr 1e-3": ["train.lr=1e-3"],
+    "lr 6e-3": ["train.lr=6e-3"],
+    "epochs 50": ["train.epochs=50"],
+    "epochs 200": ["train.epochs=200"],
+    "narrower (lean_nano)": ["model.name=lean_nano"],
+    "64 px": ["data.image_size=64"],
+    "112 px": ["data.image_size=112"],
+}
+GRIDS = {"ablations": (ABLATIONS, ("orl70", "sample"))}
+
+
+# --- datasets ---------------------------------------------------------------------------------------------------
+def orl70(out: Path, split_seed: int, orl: Path) -> Path:
+    """ORL with 7 training and 3 evaluation images per identity (the classic 70/30 protocol), drawn by ``split_seed``.
+
+    The F23 layout needs a verification part too: a token one from the evaluation images (never used here)."""
+    from facenext.competitions import get_term
+    from facenext.data.sample import Split, folder_source, write_split_competition
+
+    source = folder_source(orl, None, split_seed)
+    rng = np.random.default_rng(split_seed)
+    train, dev = {}, {}
+    for name, makers in source.images.items():
+        order = rng.permutation(len(makers))
+        train[name] = [makers[i] for i in order[:7]]
+        dev[name] = [makers[i] for i in order[7:]]
+    few = list(dev)[:3]
+    split = Split(
+        train=train,
+        dev=dev,
+        test=[(n, m) for n in few for m in dev[n]],
+        known={n: dev[n][0] for n in few},
+        unknown_dev=[(n, dev[n][1]) for n in few],
+        unknown_test=[(n, dev[n][2]) for n in few],
+    )
+    write_split_competition(out, get_term("f23"), split, split_seed)
+    return out
+
+
+def dataset(work: Path, name: str, split: int, orl: Path = ORL) -> Path:
+    from facenext.data.sample import write_sample_competition
+
+    out = work / "data" / (f"{name}_{split}" if name != "sample" else name)
+    if out.exists():
+        return out
+    if name == "orl70":
+        return orl70(out, split, orl)
+    if name == "sample":
+        write_sample_competition(out)  # make demo's competition: 30 + 15 identities, 30 images each, 112 px
+    elif name == "orlver":
+        write_sample_competition(out, source_folder=orl, seed=split)
+    else:
+        raise SystemExit(f"unknown dataset {name}")
+    return out
+
+
+# --- trials -----------------------------------------------------------------------------------------------------
+def trial_key(t: dict) -> str:
+    return f"{t['grid']}|{t['dataset']}|{t['split']}|{t['variant']}|{t['seed']}"
+
+
+def plan_trials(grid: str, variants: dict[str, list[str]], datasets: tuple[str, ...], splits: str) -> list[dict]:
+    orl_splits = SELECTION_SPLITS if splits == "selection" else REPORT_SPLITS
+    trials = []
+    for variant, overrides in variants.items():
+        for name in datasets:
+            # ORL: a new split and a new initialisation each time, so the spread covers both
+            pairs = [(0, s) for s in TRAIN_SEEDS] if name == "sample" else [(s, s) for s in orl_splits]
+            for split, seed in pairs:
+                trials.append(
+                    dict(grid=grid, dataset=name, split=split, seed=seed, variant=variant, overrides=overrides)
+                )
+    return trials
+
+
+def last_epoch(run: Path) -> dict:
+    import pandas as pd
+
+    row = pd.read_csv(run / "metrics.csv").iloc[-1]
+    return {"last_dev_acc": float(row["dev_acc"]), "last_ema_dev_acc": float(row.get("ema_dev_acc", math.nan))}
+
+
+def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
+    """Train (and verify, where the dataset has a verification part) one trial; its result as a flat dict."""
+    import torch
+
+    from facenext.cli import main as facenext
+
+    torch.set_num_threads(threads)
+    work_dir = Path(work)
+    data = dataset(work_dir, t["dataset"], t["split"])
+    run = work_dir / "runs" / trial_key(t).replace("|", "_").replace(" ", "-").replace("(", "").replace(")", "")
+    cache = f"data.cache_dir={work_dir / 'cache'}"
+    overrides = [f"data.root={data}", cache, f"train.seed={t['seed']}", "train.plot=false", *t["overrides"]]
+    run.mkdir(parents=True, exist_ok=True)
+    tic = time.perf_counter()
+    with open(run / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = facenext(["train", config, "--out", str(run), *overrides])
+        train_s = time.perf_counter() - tic
+        verified = {}
+        if code == 0 and t["dataset"] != "orl70":
+            code = facenext(["verify", str(run), "--out", str(run / "verify")])
+            verified = json.loads((run / "verify" / "verify.json").read_text()) if code == 0 else {}
+    result = {**t, "key": trial_key(t), "exit": code, "wall_s": round(time.perf_counter() - tic, 1)}
+    if code != 0:
+        return result
+    summary = json.loads((run / "summary.json").read_text())
+    result.update(
+        train_s=round(train_s, 1),
+        epochs=summary["epochs"],
+        parameters=summary["parameters"],
+        device=summary["device_name"],
+        best_dev_acc=summary["best_dev_acc"],
+        **last_epoch(run),
+        ver_dev_acc=verified.get("dev_accuracy"),
+        ver_pair_eer=verified.get("dev_pair_eer"),
+        ver_pair_auc=verified.get("dev_pair_auc"),
+    )
+    return result
+
+
+def done_keys(results: Path) -> set[str]:
+    if not results.exists():
+        return set()
+    return {r["key"] for r in map(json.loads, results.read_text().splitlines()) if r.get("exit") == 0}
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    variants, datasets = GRIDS[args.grid]
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k in args.variants}
+    if args.datasets:
+        datasets = tuple(args.datasets)
+    work, results = Path(args.work).resolve(), Path(args.results)
+    todo = [
+        t for t in plan_trials(args.grid, variants, datasets, args.splits) if trial_key(t) not in done_keys(results)
+    ]
+    # Datasets first, in this process: parallel trials must not write the same folder.
+    for name, split in sorted({(t["dataset"], t["split"]) for t in todo}):
+        dataset(work, name, split, Path(args.orl))
+    print(f"{len(todo)} trials to run, {args.jobs} at a time", flush=True)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    tic = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        todo = [{**t, "overrides": [*t["overrides"], *args.extra]} for t in todo]
+        futures = [pool.submit(run_trial, t, str(work), args.config, args.threads) for t in todo]
+        for i, future in enumerate(as_completed(futures), 1):
+            r = future.result()
+            with results.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            metric = f"acc {r.get('last_dev_acc', math.nan):.3f}"
+            if r.get("ver_dev_acc") is not None:
+                metric += f" ver {r['ver_dev_acc']:.3f} eer {r['ver_pair_eer']:.3f}"
+            print(f"[{time.perf_counter() - tic:6.0f} s] {i}/{len(todo)} {r['key']}: {metric} ({r['wall_s']} s)")
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+def mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {sd:.3f}"
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = [r for r in map(json.loads, Path(args.results).read_text().splitlines()) if r.get("exit") == 0]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["grid"], r["dataset"], r["variant"], r["split"] >= 100 or r["dataset"] != "orl70")].append(r)
+    lines = []
+    for (grid, name, variant, selection), rs in sorted(groups.items(), key=lambda kv: kv[0][:2]):
+        acc = mean_sd([r["last_dev_acc"] for r in rs])
+        ver = mean_sd([r["ver_dev_acc"] for r in rs])
+        eer = mean_sd([r["ver_pair_eer"] for r in rs])
+        secs = np.mean([r["train_s"] for r in rs])
+        device = rs[0]["device"]
+        lines.append(
+            f"| {grid} | {name}{'' if selection else ' (report splits)'} | {variant} | {len(rs)} | {acc} | {ver} | "
+            f"{eer} | {secs:.0f} s ({device}) |"
+        )
+    header = [
+        "| grid | dataset | variant | runs | dev accuracy (last epoch) | known/unknown accuracy | pair EER "
+        "| train time |",
+        "|---|---|---|---:|---|---|---|---|",
+    ]
+    text = "\n".join(header + lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--grid", default="ablations", choices=sorted(GRIDS))
+    p.add_argument("--variants", nargs="*", help="only these variants of the grid")
+    p.add_argument("--datasets", nargs="*", help="only these datasets")
+    p.add_argument("--splits", default="selection", choices=["selection", "report"])
+    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--orl", default=str(ORL), help="the ORL faces, one folder per identity")
+    p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "recipes.jsonl"))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extra", nargs="*", default=[], help="overrides added to every trial (smoke runs)")
+    p.set_defaults(func=run_grid)
+    p = sub.add_parser("report")
+    p.add_argument("results")
+    p.add_argument("--out")
+    p.set_defaults(func=report)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
