@@ -44,7 +44,10 @@ def test_kernel_metadata(bundle):
     assert meta["dataset_sources"] == ["tester/facenext-toolkit"]
     for key in ("dataset_sources", "competition_sources", "kernel_sources", "model_sources"):
         assert isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])
-    compile((notebook / meta["code_file"]).read_text(), meta["code_file"], "exec")  # valid Python
+    code = (notebook / meta["code_file"]).read_text()
+    compile(code, meta["code_file"], "exec")  # valid Python
+    # The schedule is planned to complete inside the session; the config sets no budget of its own.
+    assert 'OVERRIDES = ["train.budget=11h", "train.epochs=2"' in code and bundle["budget"] == "11h"
 
 
 def test_toolkit_dataset(bundle):

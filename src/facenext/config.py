@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 30  # with train.budget: the most epochs the plan may use
     batch_size: int = 256
     lr: float = 4e-3
     min_lr: float = 1e-6
@@ -86,6 +87,11 @@ class TrainConfig:
     keep_top_k: int = 3  # epoch checkpoints kept (best dev accuracy) for `facenext average`
     recovery_minutes: float = 20.0  # mid-epoch recovery checkpoint interval (0: only at epoch ends)
     time_limit: float | None = None  # hours; stop cleanly with a checkpoint after this long (Kaggle: 11.5 by default)
+    # Training time to plan the LR schedule for: "11h", "90m", "5min", "300s" or a number of hours (null: off). After
+    # each epoch the run is re-planned to the most epochs whose schedule ends inside the budget, train.epochs at most:
+    # a budget is a ceiling, so a config that fits runs as written (raise train.epochs to fill a long budget). Time
+    # spent before a resume counts. time_limit stays the hard stop; the budget only sets the schedule's length.
+    budget: str | float | None = None
     max_bad_steps: int = 20  # stop after this many non-finite losses in a row
     init_from: str | None = None  # start from another run's weights (e.g. fine-tuning), classifier re-made if needed
     log_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, when installed
@@ -206,6 +212,24 @@ def config_from_dict(values: dict[str, Any], overrides: typing.Iterable[str] = (
     for override in overrides:
         _apply_override(tree, override)
     return _build(Config, tree, "")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?)?")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def budget_seconds(value: str | float | None) -> float | None:
+    """``train.budget`` in seconds (None when off); a bare number is hours, as in ``train.time_limit``."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value) * 3600
+    else:
+        match = _DURATION.fullmatch(str(value).strip().lower())
+        seconds = float(match[1]) * _UNIT_SECONDS[(match[2] or "h")[0]] if match else 0.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise UserError(f"train.budget={value!r} is not a duration: write e.g. 11h, 90m, 5min or 300s (hours if bare)")
+    return seconds
 
 
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:

@@ -7,7 +7,8 @@
   are preinstalled there, so only FaceNext itself is installed, with ``pip install --no-index --no-deps``.
 - ``notebook/``: ``kernel-metadata.json`` (GPU on, internet off, the competitions and the toolkit dataset as
   sources) and ``notebook.py``, a script with the config embedded that installs FaceNext from
-  ``/kaggle/input/facenext-toolkit``, trains (``data.root=/kaggle/input``, runs under ``/kaggle/working/runs``),
+  ``/kaggle/input/facenext-toolkit``, trains (``data.root=/kaggle/input``, runs under ``/kaggle/working/runs``,
+  ``train.budget=11h`` unless the config or the command line sets a budget, so that the schedule completes),
   predicts, ensembles into ``/kaggle/working/submission.csv`` and runs verify when verification data is present.
   It trains on every GPU of the session (a T4 x2 session: two processes under torchrun, the config's global
   batch split between them) with ``os.cpu_count() // processes`` data workers per process (at least 1; Kaggle's
@@ -36,6 +37,9 @@ TOOLKIT = "facenext-toolkit"  # the dataset's slug, and its folder under /kaggle
 CODE_FILE = "notebook.py"
 PROJECT = Path(__file__).resolve().parents[2]  # the source tree (pyproject.toml) when installed in editable mode
 KERNEL_REF = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_-]+$")
+# Training's share of the 12-hour session when the config sets no train.budget: the schedule is planned to end inside
+# it, leaving time to install, predict and verify; train.time_limit (11.5 h there) stays the hard stop.
+KAGGLE_BUDGET = "11h"
 
 
 def kaggle_username(user: str | None = None) -> str:
@@ -113,10 +117,13 @@ def build_bundle(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``out/notebook`` and ``out/toolkit`` (see the module's docstring); returns a summary (also printed)."""
-    from .config import load_config
+    from .config import budget_seconds, load_config
 
     overrides = list(overrides or [])
     loaded = load_config(config, overrides)  # refuse a broken config here, not hours later on Kaggle
+    budget_seconds(loaded.train.budget)
+    if loaded.train.budget is None:
+        overrides = [f"train.budget={KAGGLE_BUDGET}", *overrides]
     user = kaggle_username(user)
     slug, title = kernel_slug(config)
     slugs = _competitions(loaded, competitions)
@@ -153,7 +160,9 @@ def build_bundle(
     (notebook / CODE_FILE).write_text(script)
     summary = {"notebook": str(notebook), "toolkit": str(toolkit), "wheel": wheel.name, "kernel": metadata["id"]}
     summary["competitions"] = slugs
+    summary["budget"] = loaded.train.budget or KAGGLE_BUDGET
     print(f"wrote {notebook} (kernel {metadata['id']}, competitions {', '.join(slugs)}) and {toolkit} ({wheel.name})")
+    print(f"training is planned to end inside train.budget={summary['budget']} (pass train.budget=... to change it)")
     return summary
 
 

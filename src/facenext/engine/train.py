@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config, config_from_dict
+from ..config import Config, budget_seconds, config_from_dict
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.device_augment import DeviceAugmentImages, batch_to_model, choose_augment_device
 from ..data.layout import Layout, find_layout, list_classes
@@ -42,6 +42,7 @@ from ..losses import build_loss
 from ..models import count_parameters, model_from_config
 from ..run import RunDir
 from ..scoring import TermScorer
+from .budget import BudgetPlanner, duration_text
 from .curves import ExperimentLogger, plot_curves
 from .distributed import DistContext, all_gather, all_sum, any_rank, barrier, init_distributed
 from .meters import StepMeter, sum_dtype
@@ -93,14 +94,21 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int) -> Scheduler:
-    """Schedules stepped per optimizer step (``step_update``), so warm-up and decay are smooth at any epoch count."""
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int, epochs: int | None = None
+) -> Scheduler:
+    """Schedules stepped per optimizer step (``step_update``), so warm-up and decay are smooth at any epoch count.
+
+    ``epochs`` is the length planned (``train.budget``'s plan; default ``train.epochs``): the cosine reaches min_lr
+    at its last step, and multistep milestones, written for ``train.epochs``, scale in proportion. Warm-up keeps its
+    length. Building again for another length at the same step gives that length's curve from there on."""
     t = config.train
+    epochs = epochs or t.epochs
     warmup = int(t.warmup_epochs * steps_per_epoch)
     if t.schedule == "cosine":
         return CosineLRScheduler(
             optimizer,
-            t_initial=max(1, t.epochs * steps_per_epoch - warmup),
+            t_initial=max(1, epochs * steps_per_epoch - warmup),
             lr_min=t.min_lr,
             warmup_t=warmup,
             warmup_lr_init=t.min_lr,
@@ -113,7 +121,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_
         # t + 1 >= decay_t, hence the prefix off and the +1.
         return MultiStepLRScheduler(
             optimizer,
-            decay_t=[m * steps_per_epoch + 1 for m in t.milestones],
+            decay_t=[round(m * steps_per_epoch * epochs / t.epochs) + 1 for m in t.milestones],
             decay_rate=t.gamma,
             warmup_t=warmup,
             warmup_lr_init=t.min_lr,
@@ -284,6 +292,8 @@ class Trainer:
     def __init__(self, config: Config, run_dir: Path, device: torch.device | None = None) -> None:
         self.config, self.run_dir, self.run = config, run_dir, RunDir(run_dir)
         t = config.train
+        self.budget = BudgetPlanner(budget_seconds(t.budget), t.epochs)  # first: a bad budget costs no set-up
+        self.replan_on_start = False  # a resume with another budget or cap re-plans before its first epoch
         self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)
         self.data = load_data(config, self.device)
@@ -325,6 +335,7 @@ class Trainer:
         # The last accumulation group of an epoch may be short; it is stepped too (see _group_size).
         self.steps_per_epoch = -(-self.batches_per_epoch // t.accum_steps)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.schedule_epochs = t.epochs  # the length the scheduler was built for
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         # best_acc holds the best dev score in the term's own metric (facenext.scoring): accuracy for F23-style
         # terms, 1 - EER for pair terms, the combined score for F26
@@ -381,6 +392,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "budget": self.budget.state_dict(),
             "epoch": self.epoch,
             "batch": self.batch_in_epoch,
             "step": self.step,
@@ -428,7 +440,8 @@ class Trainer:
         except UserError:
             saved = state["config"]  # a key that no longer exists: certainly another config
         current = self.config.to_dict()
-        saved["train"] = {**saved["train"], "epochs": current["train"]["epochs"]}  # extending a run is allowed
+        # Extending a run and changing its budget are allowed: both only change the plan.
+        saved["train"] = {**saved["train"], **{k: current["train"][k] for k in ("epochs", "budget")}}
         if saved != current:
             raise UserError(
                 f"{self.run_dir} holds a run with a different config: pass --out <new folder> or delete {self.run_dir}"
@@ -443,10 +456,8 @@ class Trainer:
         saved_precision = (state.get("environment") or {}).get("precision")
         if state["scaler"] and saved_precision in (None, self.environment["precision"]):
             self.scaler.load_state_dict(state["scaler"])
-        # An extended run (more train.epochs) keeps the schedule built for its new length; otherwise restore it.
-        if "scheduler" in state and state["config"]["train"]["epochs"] == self.config.train.epochs:
-            self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
+        self._restore_plan(state)
         self.epoch_stats, self.skipped = list(state["epoch_stats"]), state["skipped"]
         self.bad_steps = state.get("bad_run", 0)
         self.meter = StepMeter(self.device, self.bad_steps)
@@ -457,6 +468,40 @@ class Trainer:
         if changes and self.ctx.is_main:
             print(f"resuming with changes since the checkpoint: {', '.join(changes)}", flush=True)
         return True
+
+    def _restore_plan(self, state: dict[str, Any]) -> None:
+        """The budget's time spent and plan, and the schedule for that plan. The saved scheduler is restored only when
+        built for the same length and cap; otherwise (an extended run, another plan) it is built for the new one."""
+        saved_cap = state["config"]["train"]["epochs"]
+        saved_plan = (state.get("budget") or {}).get("planned", saved_cap)
+        budget_changed = self.budget.load_state_dict(state.get("budget") or {}, at_epoch_start=state["batch"] == 0)
+        self.replan_on_start = budget_changed or saved_cap != self.config.train.epochs
+        self._schedule_for(self.budget.planned)
+        if "scheduler" in state and (saved_cap, saved_plan) == (self.config.train.epochs, self.budget.planned):
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def _schedule_for(self, epochs: int) -> None:
+        """Rebuild the LR schedule for ``epochs``, continuing at the current step: the LR moves to the new length's
+        curve, the only jump a new plan implies (none during warm-up, which keeps its length)."""
+        if epochs == self.schedule_epochs:
+            return
+        self.scheduler = build_scheduler(self.optimizer, self.config, self.steps_per_epoch, epochs)
+        self.scheduler.step_update(self.step)
+        self.schedule_epochs = epochs
+
+    def _plan(self, change_from: str, train_s: float | None = None) -> None:
+        """Re-plan (``change_from``: "epoch" at an epoch end, "resume" before a resumed run's first epoch), agree on
+        the plan across processes, and follow it with the schedule."""
+        if change_from == "epoch":
+            change = self.budget.end_epoch(self.epoch)
+        else:
+            change = self.budget.replan(self.epoch, extend=True)
+        if self.ctx.enabled:  # each process times itself: rank 0's plan is the one all follow
+            planned = all_sum([float(self.budget.planned if self.ctx.is_main else 0)], self.ctx, self.device)[0]
+            self.budget.planned = round(planned)
+        if change is not None and self.ctx.is_main:
+            print(self.budget.describe(change, train_s), flush=True)
+        self._schedule_for(self.budget.planned)
 
     def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Each process continues its own generators; with more processes than were saved the new ones are seeded
@@ -514,7 +559,7 @@ class Trainer:
         interactive = sys.stderr.isatty() and self.ctx.is_main
         bar = tqdm(
             self.train_loader,
-            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.budget.planned}",
             leave=False,
             disable=not interactive,
             initial=self.batch_in_epoch,
@@ -668,7 +713,7 @@ class Trainer:
         if "dev_eer" in row:
             skipped += f"  dev EER {row['dev_eer']:.4f} score {row['dev_score']:.4f}"
         print(
-            f"epoch {row['epoch']:>3}/{self.config.train.epochs}  train loss {row['train_loss']:.3f} "
+            f"epoch {row['epoch']:>3}/{self.budget.planned}  train loss {row['train_loss']:.3f} "
             f"acc {row['train_acc']:.3f}  dev loss {row['dev_loss']:.3f} acc {row['dev_acc']:.3f}{ema}  "
             f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_s']:.1f}s{skipped}",
             flush=True,
@@ -698,18 +743,23 @@ class Trainer:
                 f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.environment['device']}"
                 f"{f' x{self.ctx.world}' if self.ctx.enabled else ''} in {self._precision_text()}: "
                 f"{len(self.data.classes)} identities, "
-                f"{len(self.data.train)} train images, {where} of {t.epochs}"
+                f"{len(self.data.train)} train images, {where} of {self.budget.planned}{self._budget_note()}"
             )
+        if self.replan_on_start:
+            self._plan("resume")
         self.scheduler.step_update(self.step)
         stopped = None
+        self.budget.start()
         with StopRequest(default_time_limit(self.config)) as stop:
-            while self.epoch < t.epochs and stopped is None:
+            while self.epoch < self.budget.planned and stopped is None:
                 stopped = self.train_epoch(stop)
                 if stopped is None:
+                    train_s = self.epoch_stats[3]  # end_epoch resets it
                     row = self.end_epoch()
                     if main:
                         self._print_epoch(row)
                         logger.log(row)
+                    self._plan("epoch", train_s)
         summary = self.summary(stopped)
         if main:
             if stopped:
@@ -720,6 +770,18 @@ class Trainer:
             self.run.write_summary(summary)
             logger.close()
         return summary
+
+    def _budget_note(self) -> str:
+        budget = self.budget.budget_s
+        if budget is None:
+            return ""
+        spent = self.budget.spent()
+        note = f"; budget {duration_text(budget)}"
+        note += f", {duration_text(spent)} spent" if spent else " (epochs planned after the first)"
+        limit = default_time_limit(self.config)
+        if limit is not None and limit * 3600 < budget - spent:
+            note += f"; the time limit ({limit:g} h) stops this session first: resume to finish the schedule"
+        return note
 
     def _precision_text(self) -> str:
         if self.dtype == torch.bfloat16:
@@ -736,7 +798,7 @@ class Trainer:
             "parameters": count_parameters(self.model),
             "classes": len(self.data.classes),
             "epochs": self.epoch,
-            "complete": self.epoch >= self.config.train.epochs,
+            "complete": self.epoch >= self.budget.planned,
             "stopped": stopped,
             "best_dev_acc": self.best_acc,
             "best_source": self.best_source,
@@ -749,6 +811,7 @@ class Trainer:
             "processes": self.ctx.world,
             # With timm's warm-up the decay grows with the step count and may never reach train.ema_decay.
             "ema_decay_reached": round(self.ema.get_decay(self.step), 6) if self.ema else None,
+            "budget": self.budget.summary(self.epoch >= self.budget.planned),
         }
 
 

@@ -1,0 +1,188 @@
+"""`train.budget`: the planner on a fake clock, the schedule it rebuilds, and real budgeted runs (one resumed)."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from facenext.checkpoint import load_checkpoint
+from facenext.config import budget_seconds, config_from_dict
+from facenext.engine.budget import BudgetPlanner
+from facenext.engine.train import build_scheduler
+
+from .conftest import CONFIG, assert_user_error, facenext, train_args
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def planner_after(epoch_seconds, budget_s=100.0, cap=1000):
+    """A planner on a fake clock that has timed epochs of ``epoch_seconds``; also its clock and the changes."""
+    clock = FakeClock()
+    planner = BudgetPlanner(budget_s, cap, clock)
+    planner.start()
+    changes = []
+    for done, seconds in enumerate(epoch_seconds, 1):
+        clock.now += seconds
+        changes.append(planner.end_epoch(done))
+    return planner, clock, changes
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("11h", 39600), ("90m", 5400), ("5min", 300), ("1.5h", 5400), ("300s", 300), ("2 hours", 7200), (1.5, 5400)],
+)
+def test_budget_values(value, seconds):
+    assert budget_seconds(value) == seconds
+    assert budget_seconds(config_from_dict({}, [f"train.budget={value}"]).train.budget) == seconds
+
+
+def test_the_first_epoch_sets_the_plan():
+    planner, _, [change] = planner_after([10.0])
+    # 100 s less the margin (3 s of the budget, a quarter epoch) leaves 84.5 s after the first epoch: 8 more.
+    assert planner.planned == 9 and change.first and change.finish_s == 90
+    line = planner.describe(change, train_s=8.0)
+    assert line == "budget 100 s: first epoch 10.0 s (train 8.0, eval+checkpoint 2.0) -> 9 epochs, ending at ~90 s"
+
+
+def test_slower_epochs_shrink_the_plan_and_faster_ones_grow_it_with_room_to_spare():
+    planner, _, changes = planner_after([10.0, 20.0])
+    # Mean 15 s from 30 s on: (100 - 3 - 3.75 - 30) / 15 = 4.2 more.
+    assert planner.planned == 6 and (changes[1].previous, changes[1].epochs) == (9, 6)
+    assert "(was 9)" in planner.describe(changes[1])
+    planner, _, changes = planner_after([10.0, 8.0, 8.0])
+    # Mean 8.67 s from 26 s: 7 more would fit (10 in all), but growing needs an epoch to spare besides ...
+    assert changes[1:] == [None, None] and planner.planned == 9
+    planner, _, changes = planner_after([10.0, 5.0, 5.0])
+    # ... which there is at 7.5 s from 15 s (9 more and a spare: 11), and then at 6.67 s from 20 s (13).
+    assert [c.epochs for c in changes[1:]] == [11, 13]
+
+
+def test_the_plan_is_capped_by_epochs_and_never_below_one_more_epoch():
+    planner, _, [change] = planner_after([10.0], budget_s=1000.0, cap=5)
+    assert planner.planned == 5 and change.capped and "train.epochs caps it" in planner.describe(change)
+    planner, _, changes = planner_after([200.0, 300.0])  # the budget was spent by the first epoch
+    assert changes[0].epochs == 2 and changes[1] is None and planner.planned == 2
+    # A finished plan stays finished, its LR at min_lr, though a fast last epoch left room for one more; only a
+    # resume with another budget or cap extends it.
+    planner, _, changes = planner_after([10.0] * 8 + [1.0])
+    assert planner.planned == 9 and changes[-1] is None
+    assert planner.replan(9, extend=True).epochs == 10
+
+
+def test_spent_time_and_plan_carry_over_a_resume():
+    planner, clock, _ = planner_after([10.0, 10.0])
+    clock.now += 4.0  # into the third epoch: a recovery file
+    saved = planner.state_dict()
+    assert saved["spent_s"] == 24.0 and saved["epoch_start_s"] == 20.0
+
+    later = FakeClock()
+    resumed = BudgetPlanner(100.0, 1000, later)
+    assert resumed.load_state_dict(saved, at_epoch_start=False) is False  # same budget
+    assert (resumed.spent(), resumed.planned) == (24.0, planner.planned)
+    resumed.start()
+    later.now += 6.0
+    resumed.end_epoch(3)
+    assert resumed.epoch_seconds == [10.0, 10.0, 10.0] and resumed.spent() == 30.0
+
+    bigger = BudgetPlanner(200.0, 1000, FakeClock())
+    assert bigger.load_state_dict(planner.state_dict(), at_epoch_start=True) is True
+    change = bigger.replan(2, extend=True)  # (200 - 6 - 2.5 - 24) / 10 = 16.75 more
+    assert change.epochs == 18 and bigger.planned == 18
+
+
+def optimizer():
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def lr_at(scheduler, step):
+    scheduler.step_update(step)
+    return scheduler.optimizer.param_groups[0]["lr"]
+
+
+def test_a_rebuilt_cosine_follows_the_new_length_and_ends_at_min_lr():
+    config = config_from_dict({"train": {"epochs": 10, "lr": 0.1, "min_lr": 1e-4, "warmup_epochs": 1}})
+    steps = 7
+    opt = optimizer()
+    planned = build_scheduler(opt, config, steps)
+    assert lr_at(planned, 3) == lr_at(build_scheduler(optimizer(), config, steps, epochs=4), 3)  # warm-up: no jump
+    assert lr_at(planned, 10 * steps) == 1e-4
+    reference = build_scheduler(optimizer(), config, steps, epochs=6)
+    before = lr_at(planned, 3 * steps)
+    replanned = build_scheduler(opt, config, steps, epochs=6)
+    after = lr_at(replanned, 3 * steps)
+    # The LR moves to the 6-epoch curve at step 21, a jump of exactly the difference of the two curves there.
+    assert after == lr_at(reference, 3 * steps) < before
+    assert [lr_at(replanned, s) for s in range(3 * steps, 6 * steps + 1)] == [
+        lr_at(reference, s) for s in range(3 * steps, 6 * steps + 1)
+    ]
+    assert lr_at(replanned, 6 * steps) == 1e-4
+
+
+def test_multistep_milestones_scale_with_the_plan():
+    train = {"epochs": 40, "schedule": "multistep", "milestones": [10, 20], "gamma": 0.5, "warmup_epochs": 0}
+    config = config_from_dict({"train": train})
+    half = build_scheduler(optimizer(), config, 4, epochs=20)  # milestones at epochs 5 and 10
+    assert [lr_at(half, e * 4) for e in (4, 5, 9, 10)] == [0.1, 0.05, 0.05, 0.025]
+
+
+@pytest.fixture
+def one_thread():
+    """Steadier epoch times on two cores shared with other work: less contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_budgeted_run_completes_its_schedule_inside_the_budget(sample, tmp_path, one_thread):
+    run = tmp_path / "run"
+    result = facenext(*train_args(sample, run, "train.epochs=100", "train.budget=8s", "train.plot=false"))
+    assert result.returncode == 0, result.stderr
+    assert "budget 8.0 s: first epoch" in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    budget = summary["budget"]
+    assert summary["complete"] and summary["epochs"] == budget["planned_epochs"] < 100
+    # The plan is checked at every epoch end, so only the last epoch can run late (slower than the recent mean):
+    # one epoch is the tolerance. Half the budget unused would mean a plan far too cautious.
+    last_epoch = budget["measured_epoch_s"][-1]
+    assert 4.0 < budget["spent_s"] <= 8.0 + last_epoch
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert len(metrics) == summary["epochs"] and metrics["lr"].iloc[-1] == pytest.approx(1e-6)
+
+
+def test_a_resumed_budgeted_run_keeps_the_time_spent(sample, tmp_path, one_thread):
+    run = tmp_path / "run"
+    # Sessions of at most 3.6 s (the time limit) for a 6 s budget: the second finishes what the first started.
+    args = train_args(sample, run, "train.epochs=100", "train.budget=6s", "train.time_limit=0.001", "train.plot=false")
+    first = facenext(*args)
+    assert first.returncode == 0 and "stopped (time limit)" in first.stdout, first.stdout + first.stderr
+    state = load_checkpoint(run / "recovery.pt")["budget"]
+    assert 3.6 <= state["spent_s"] < 6 and state["made"] and state["planned"] < 100
+
+    second = facenext(*args)
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout and f"{state['spent_s']:.1f} s spent" in second.stdout
+    for _ in range(2):  # a loaded machine may need another session
+        if json.loads((run / "summary.json").read_text())["complete"]:
+            break
+        assert facenext(*args).returncode == 0
+    summary = json.loads((run / "summary.json").read_text())
+    budget = summary["budget"]
+    assert summary["complete"] and summary["epochs"] == budget["planned_epochs"]
+    # More than one session's time limit: the first session's time was counted.
+    assert 3.6 + 0.5 < budget["spent_s"] <= 6.0 + budget["measured_epoch_s"][-1]
+    assert pd.read_csv(run / "metrics.csv")["lr"].iloc[-1] == pytest.approx(1e-6)
+
+
+@pytest.mark.parametrize("value", ["5 lightyears", "-3h", "0m", "h", "true"])
+def test_a_bad_budget_is_one_line_and_exit_2(value, tmp_path):
+    result = facenext("train", CONFIG, "--out", tmp_path / "run", f"train.budget={value}")
+    assert_user_error(result, "train.budget")
+    assert not (tmp_path / "run").exists()
