@@ -2,9 +2,10 @@
 
 For each competition: train a cross-entropy run, then continue it for the same number of epochs three ways
 (cross-entropy again, as the fair baseline; ArcFace; CosFace, both through a cosine classifier started from the
-cross-entropy weights), verify every run on the dev set and write a Markdown table.
+cross-entropy weights), verify every run on the dev set and write a Markdown table. With --embeddings, ArcFace is
+also fine-tuned with the two other verification embeddings: a BatchNorm neck and a 128-d projection.
 
-    python scripts/margin_report.py --out benchmarks/verification_losses.md
+    python scripts/margin_report.py --out benchmarks/verification_losses.md [--embeddings]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,8 +26,12 @@ CONFIG = str(ROOT / "configs" / "demo.yaml")
 FINE_TUNE = ["train.lr=1e-3", "train.warmup_epochs=0"]
 HEADS = {
     "cross-entropy (continued)": [],
-    "ArcFace (m 0.5)": ["train.loss=arcface", "model.classifier=cosine"],
-    "CosFace (m 0.35)": ["train.loss=cosface", "model.classifier=cosine"],
+    "ArcFace (m 0.5)": ["train.loss=arcface"],
+    "CosFace (m 0.35)": ["train.loss=cosface"],
+}
+EMBEDDINGS = {  # the neck and the projection start afresh; the backbone and the class centres from cross-entropy
+    "ArcFace, BN neck": ["train.loss=arcface", "model.neck=bn"],
+    "ArcFace, 128-d projection": ["train.loss=arcface", "model.embed_dim=128"],
 }
 
 
@@ -55,6 +61,7 @@ def main() -> None:
     parser.add_argument("--work", default="runs/margin_report")
     parser.add_argument("--epochs", type=int, default=40, help="cross-entropy epochs")
     parser.add_argument("--fine-tune-epochs", type=int, default=15)
+    parser.add_argument("--embeddings", action="store_true", help="also ArcFace with a BN neck and a projection")
     args = parser.parse_args()
     work = Path(args.work)
     rows = []
@@ -62,8 +69,8 @@ def main() -> None:
         base = work / f"{data.name}_ce"
         run(["train", CONFIG, "--out", str(base), f"data.root={data}", f"train.epochs={args.epochs}"])
         results = {"cross-entropy": verify(base)}
-        for head, overrides in HEADS.items():
-            out = work / f"{data.name}_{head.split()[0].lower()}"
+        for head, overrides in {**HEADS, **(EMBEDDINGS if args.embeddings else {})}.items():
+            out = work / f"{data.name}_{re.sub(r'[^a-z0-9]+', '_', head.lower()).strip('_')}"
             common = [f"data.root={data}", f"train.epochs={args.fine_tune_epochs}", f"train.init_from={base}"]
             run(["train", CONFIG, "--out", str(out), *common, *FINE_TUNE, *overrides])
             results[head] = verify(out)

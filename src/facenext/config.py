@@ -42,10 +42,15 @@ class ModelConfig:
     depths: list[int] | None = None  # override the variant's stage depths
     drop_path_rate: float = 0.1  # stochastic depth of the last block (linear from 0)
     drop_rate: float = 0.0  # dropout before the classifier
-    embed_dim: int | None = None  # optional projection for verification embeddings
+    # The verification embedding, which the classifier takes as input: the pooled features (both null/none), a
+    # projection to embed_dim (Linear + BatchNorm1d), or neck: bn, the pooled features through a BatchNorm1d with a
+    # frozen zero bias (BNNeck, Luo et al. 2019). ConvNeXt variants only.
+    embed_dim: int | None = None
+    neck: str = "none"
     init_std: float = 0.02  # truncated-normal init std (the seed's notebook used 0.2)
-    classifier: str = "linear"  # linear, or cosine (needed by the arcface and cosface losses)
-    cosine_scale: float = 30.0  # logit scale of the cosine classifier
+    classifier: str | None = None  # linear or cosine; null: cosine under a margin loss (train.loss), else linear
+    # Logit scale of the cosine classifier; null: 64 from 10,575 classes up, less for fewer (facenext.losses)
+    cosine_scale: float | None = None
 
 
 @dataclass
@@ -55,9 +60,11 @@ class TrainConfig:
     lr: float = 4e-3
     min_lr: float = 1e-6
     weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    loss: str = "ce"  # ce, arcface or cosface (margin losses need model.classifier=cosine)
-    margin: float | None = None  # margin of arcface (default 0.5 rad) or cosface (default 0.35)
+    label_smoothing: float | None = None  # null: 0.1 under ce; margin losses refuse any other value than 0
+    loss: str = "ce"  # ce, arcface or cosface (margin losses: cosine classifier, no mixup/cutmix or smoothing)
+    # arcface (radians) or cosface margin; null: the paper's 0.5 / 0.35, less when the embedding is small for the
+    # class count (facenext.losses.default_margin)
+    margin: float | None = None
     schedule: str = "cosine"  # cosine (with warm-up, per iteration) or multistep (the seed's)
     warmup_epochs: float = 1.0
     # multistep: lr is multiplied by gamma at the start of each of these epochs (counted from the start of training,

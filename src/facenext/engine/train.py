@@ -38,8 +38,8 @@ from ..data.layout import Layout, find_layout, list_classes
 from ..data.transforms import BatchToModel, eval_transform, train_transform
 from ..device import amp_dtype, autocast, describe_device, precision_name, resolve_device
 from ..errors import UserError
-from ..losses import build_loss
-from ..models import count_parameters, model_from_config
+from ..losses import build_loss, describe, resolve_config
+from ..models import count_parameters, embedding_size, model_from_config
 from ..run import RunDir
 from ..scoring import TermScorer
 from .budget import BudgetPlanner, duration_text
@@ -238,6 +238,15 @@ def environment_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -
     return [f"{key} {saved[key]} -> {value}" for key, value in current.items() if saved.get(key, value) != value]
 
 
+def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """The first config key (``section.key``) whose value differs, for a refusal to say what changed."""
+    for section, values in current.items():
+        for key, value in values.items():
+            if (saved.get(section) or {}).get(key, object()) != value:
+                return f"{section}.{key}"
+    return "its layout"
+
+
 def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
     """fp16 needs loss scaling. In bf16 and fp32 the scale stays 1 (``update(1.0)``) and the scaler only does
     what it does for fp16 too: skip a step whose gradients are not finite, decided on the device."""
@@ -298,7 +307,13 @@ class Trainer:
         seed_everything(t.seed, t.deterministic)
         self.data = load_data(config, self.device)
         num_classes = len(self.data.classes)
+        # Nulls become the values this run trains with, so that config.yaml (and a resume's comparison) records them.
+        config = self.config = resolve_config(config, num_classes, embedding_size(config))
+        t = config.train
         self.model = model_from_config(config, num_classes).to(self.device)
+        note = describe(config, num_classes, embedding_size(config))
+        if note and self.ctx.is_main:
+            print(note, flush=True)
         if self.ctx.rank:
             # Every process builds the same initial model (DDP checks it), then draws its own drop-path masks and
             # mixes its own batches, as timm seeds with seed + rank.
@@ -372,16 +387,29 @@ class Trainer:
         )
 
     def _init_from(self, run: Path) -> None:
-        """Start from another run's weights; a classifier of another size is left freshly initialised."""
+        """Start from another run's weights (the second stage of a two-stage recipe); the classifier's rows are taken
+        only for the same identities in the same order, else left freshly initialised.
+
+        A cosine classifier's centres start from a cross-entropy classifier's rows (both C x D, ``head.fc.weight``):
+        each row already points where its class's embeddings score highest, a far better start than random centres,
+        which would first drag the embeddings around. The linear classifier's bias has no counterpart and is dropped.
+        """
         path = RunDir(run).weights_file("best") if run.is_dir() else run
-        state = load_checkpoint(path)["model"]
-        own = self.model.state_dict()
+        checkpoint = load_checkpoint(path)
+        state, own = checkpoint["model"], self.model.state_dict()
         compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        same_classes = checkpoint.get("classes") in (None, self.data.classes)
+        if not same_classes:
+            compatible = {k: v for k, v in compatible.items() if not k.startswith("head.fc.")}
         if not compatible:
             raise UserError(f"{path} shares no weights with model {self.config.model.name}: check train.init_from")
         self.model.load_state_dict(compatible, strict=False)
         if self.ctx.is_main:
             print(f"initialised {len(compatible)} of {len(own)} tensors from {path}")
+            if "head.fc.weight" in compatible and self.config.model.classifier == "cosine":
+                print("the cosine classifier's class centres start from that run's classifier rows")
+            elif not same_classes:
+                print("the classifier starts afresh: that run was trained on other identities")
 
     # --- run folder -------------------------------------------------------------------------------------------
     def state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -436,7 +464,10 @@ class Trainer:
             return False
         # Through today's defaults: a key added since the checkpoint was written is not a different config.
         try:
-            saved = config_from_dict(state["config"]).to_dict()
+            saved_config = config_from_dict(state["config"])
+            # Runs written before the margin defaults recorded values that do nothing (a linear classifier's scale).
+            saved = resolve_config(saved_config, len(self.data.classes), embedding_size(saved_config), strict=False)
+            saved = saved.to_dict()
         except UserError:
             saved = state["config"]  # a key that no longer exists: certainly another config
         current = self.config.to_dict()
@@ -444,7 +475,8 @@ class Trainer:
         saved["train"] = {**saved["train"], **{k: current["train"][k] for k in ("epochs", "budget")}}
         if saved != current:
             raise UserError(
-                f"{self.run_dir} holds a run with a different config: pass --out <new folder> or delete {self.run_dir}"
+                f"{self.run_dir} holds a run with a different config ({first_difference(saved, current)}): pass "
+                f"--out <new folder> or delete {self.run_dir}"
             )
         if state["classes"] != self.data.classes:
             raise UserError(f"{self.run_dir} was trained on other identities than {self.data.layout.train}")
@@ -525,9 +557,7 @@ class Trainer:
 
     # --- loop ---------------------------------------------------------------------------------------------------
     def _build_loss(self) -> nn.Module:
-        t, m = self.config.train, self.config.model
-        if t.loss != "ce" and m.classifier != "cosine":
-            raise UserError(f"train.loss={t.loss} trains a cosine classifier: set model.classifier=cosine")
+        t, m = self.config.train, self.config.model  # resolved: resolve_config checked margin losses' settings
         try:
             return build_loss(t.loss, t.label_smoothing, self.mixup is not None, m.cosine_scale, t.margin)
         except ValueError as e:

@@ -81,7 +81,11 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    """Global average pool -> optional norm -> optional embedding projection -> classifier."""
+    """Global average pool -> optional norm -> embedding (pooled, projected or BN-neck) -> classifier.
+
+    The embedding ``features`` returns is the classifier's input, so the cosine classifier of a margin loss shapes
+    exactly the vectors that verification compares.
+    """
 
     def __init__(
         self,
@@ -92,14 +96,19 @@ class Head(nn.Module):
         drop: float,
         classifier: str = "linear",
         cosine_scale: float = 30.0,
+        neck: str = "none",
     ) -> None:
         super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"unknown neck {neck!r}: use {' or '.join(NECKS)}")
+        if neck != "none" and embed_dim:
+            raise ValueError("model.embed_dim's projection already ends in BatchNorm1d: set model.neck=none with it")
         self.norm = make_norm(norm, in_dim) if norm else nn.Identity()
-        # A projection gives verification a compact embedding; its BatchNorm1d is the usual face-recognition
-        # "BN-neck" that makes cosine similarity behave well.
+        # A projection gives verification a compact embedding; its BatchNorm1d makes cosine similarity behave well.
         self.embed = (
             nn.Sequential(nn.Linear(in_dim, embed_dim, bias=False), nn.BatchNorm1d(embed_dim)) if embed_dim else None
         )
+        self.neck = bn_neck(in_dim) if neck == "bn" else None
         self.embed_dim = embed_dim or in_dim
         self.drop = nn.Dropout(drop)
         if num_classes <= 0:
@@ -107,16 +116,31 @@ class Head(nn.Module):
         elif classifier == "cosine":  # for margin losses (facenext.losses)
             self.fc = CosineClassifier(self.embed_dim, num_classes, cosine_scale)
         elif classifier == "linear":
-            self.fc = nn.Linear(self.embed_dim, num_classes)
+            # BNNeck's classifier has no bias: the neck centres the features, and the paper drops it.
+            self.fc = nn.Linear(self.embed_dim, num_classes, bias=self.neck is None)
         else:
             raise ValueError(f"unknown classifier {classifier!r}: use linear or cosine")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1)
-        return self.embed(x) if self.embed is not None else x
+        if self.embed is not None:
+            x = self.embed(x)
+        return self.neck(x) if self.neck is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(self.features(x)))
+
+
+NECKS = ("none", "bn")
+
+
+def bn_neck(dim: int) -> nn.BatchNorm1d:
+    """BNNeck (Luo et al. 2019, "Bag of tricks and a strong baseline for deep person re-identification"): a
+    BatchNorm1d whose bias stays zero, so that the normalised features stay centred on the origin, where cosine
+    similarity separates them best; verification uses its output (running statistics in eval mode)."""
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    return bn
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,7 @@ class ConvNeXt(nn.Module):
         layer_scale: initial value of the per-channel block output scale, or None for none.
         head_norm: normalise the pooled features before the classifier.
         embed_dim: when set, a linear projection (plus BatchNorm1d) to this size gives the embedding.
+        neck: ``"none"``, or ``"bn"`` for a BatchNorm1d neck on the pooled features (BNNeck) giving the embedding.
         drop_path_rate: stochastic depth rate of the last block; it rises linearly from 0 over all blocks.
         drop_rate: dropout before the classifier.
         kernel_size: depthwise convolution kernel.
@@ -190,6 +215,7 @@ class ConvNeXt(nn.Module):
         in_chans: int = 3,
         classifier: str = "linear",
         cosine_scale: float = 30.0,
+        neck: str = "none",
     ) -> None:
         super().__init__()
         if len(dims) != len(depths):
@@ -210,7 +236,7 @@ class ConvNeXt(nn.Module):
             first += depth
         self.stages = nn.Sequential(*stages)
         self.head = Head(
-            dims[-1], num_classes, norm if head_norm else None, embed_dim, drop_rate, classifier, cosine_scale
+            dims[-1], num_classes, norm if head_norm else None, embed_dim, drop_rate, classifier, cosine_scale, neck
         )
         self.embed_dim = self.head.embed_dim
         self.init_std = init_std
@@ -227,7 +253,7 @@ class ConvNeXt(nn.Module):
         return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor:
-        """Logits, or the embedding (pooled features, projected when ``embed_dim`` is set) with ``return_feats``."""
+        """Logits, or with ``return_feats`` the embedding: the classifier's input (pooled, projected or BN-neck)."""
         x = self.forward_features(x)
         return self.head.features(x) if return_feats else self.head(x)
 
@@ -275,7 +301,8 @@ def fuse_batchnorm(model: nn.Module) -> int:
     """Fold every BatchNorm of a BatchNorm ConvNeXt (the lean variant) into its convolution, for inference.
 
     The model must be in eval mode and is changed in place; it computes the same function with about a fifth fewer
-    memory passes. Returns how many norms were folded (0 for LayerNorm variants and other models).
+    memory passes. The head's BatchNorm1d (projection or neck) stays: its output is the embedding. Returns how
+    many norms were folded (0 for LayerNorm variants and other models).
     """
     if not isinstance(model, ConvNeXt) or model.training:
         return 0

@@ -51,6 +51,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         kwargs.pop("cosine_scale", None)
         if kwargs.pop("classifier", "linear") != "linear":
             raise ValueError("the cosine classifier (margin losses) is built for FaceNext's ConvNeXt variants only")
+        if kwargs.pop("neck", "none") != "none":
+            raise ValueError("model.neck is built for FaceNext's ConvNeXt variants only: set model.neck=none")
         return TimmFaceModel(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")
@@ -59,9 +61,21 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return ConvNeXt(num_classes=num_classes, **spec)
 
 
-def model_from_config(config: Config, num_classes: int) -> nn.Module:
-    """The model ``config.model`` describes, with ``num_classes`` outputs; a bad architecture is a UserError."""
+def embedding_size(config: Config) -> int | None:
+    """The embedding dimension ``config.model`` gives, without building it; None for timm models."""
     m = config.model
+    if m.name.startswith(TIMM_PREFIX) or m.name not in VARIANTS:
+        return None
+    return m.embed_dim or (m.dims[-1] if m.dims else VARIANTS[m.name].dims[-1])
+
+
+def model_from_config(config: Config, num_classes: int) -> nn.Module:
+    """The model ``config.model`` describes, with ``num_classes`` outputs; a bad architecture is a UserError.
+
+    Nulls (classifier, cosine scale) take the values a run with this config trains with (``resolve_config``)."""
+    from ..losses import resolve_config
+
+    m = resolve_config(config, num_classes, embedding_size(config), strict=False).model
     try:
         return create_model(
             m.name,
@@ -74,6 +88,7 @@ def model_from_config(config: Config, num_classes: int) -> nn.Module:
             init_std=m.init_std,
             classifier=m.classifier if m.classifier != "linear" else None,
             cosine_scale=m.cosine_scale if m.classifier != "linear" else None,
+            neck=m.neck if m.neck != "none" else None,
         )
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"cannot build model {m.name!r}: {e}") from None
