@@ -64,7 +64,42 @@ ABLATIONS: dict[str, list[str]] = {
     "64 px": ["data.image_size=64"],
     "112 px": ["data.image_size=112"],
 }
-GRIDS = {"ablations": (ABLATIONS, ("orl70", "sample"))}
+# Round 2: the factors not yet measured, around round 1's winner (light augmentation).
+LIGHT = ["data.augment=light"]
+THEN = "--then"  # separates a two-stage variant's stages: the second starts from the first run's weights
+ROUND2: dict[str, list[str]] = {
+    "light": LIGHT,
+    "light, 64 px": [*LIGHT, "data.image_size=64"],
+    "light, 64 px, 200 epochs": [*LIGHT, "data.image_size=64", "train.epochs=200"],
+    "light, EMA": [*LIGHT, "train.ema=true", "train.ema_decay=0.999"],
+    "light, label smoothing 0": [*LIGHT, "train.label_smoothing=0.0"],
+    "light, drop path 0.2": [*LIGHT, "model.drop_path_rate=0.2"],
+    "light, weight decay 0.1": [*LIGHT, "train.weight_decay=0.1"],
+}
+# Losses (issue 17 item 3), on people never trained on, at 64 px and 60 epochs (two CPU cores are what there was).
+# The two-stage recipe trains cross-entropy for 70% of the epochs, then fine-tunes with ArcFace (from the CE run's
+# weights and class centres) for the other 30% at a third of the learning rate: 60 epochs in all, as the others.
+VER = [*LIGHT, "data.image_size=64", "train.epochs=60"]
+ARC = ["train.loss=arcface"]
+LOSSES: dict[str, list[str]] = {
+    "cross-entropy": VER,
+    "ArcFace": [*VER, *ARC],
+    "CosFace": [*VER, "train.loss=cosface"],
+    "cross-entropy, then ArcFace": [*VER, "train.epochs=42", THEN, *ARC, "train.epochs=18", "train.lr=1e-3"],
+}
+# Embeddings (item 4): the classifier's input is the embedding, so each is trained as it is used. The pooled
+# features are the losses grid's rows.
+EMBEDDINGS: dict[str, list[str]] = {
+    f"{loss}, {name}": [*overrides, *embedding]
+    for loss, overrides in (("cross-entropy", VER), ("ArcFace", [*VER, *ARC]))
+    for name, embedding in (("projection to 128", ["model.embed_dim=128"]), ("BatchNorm neck", ["model.neck=bn"]))
+}
+GRIDS = {
+    "ablations": (ABLATIONS, ("orl70", "sample")),
+    "round2": (ROUND2, ("orl70", "sample")),
+    "losses": (LOSSES, ("sample", "orlver")),
+    "embeddings": (EMBEDDINGS, ("sample", "orlver")),
+}
 
 
 # --- datasets ---------------------------------------------------------------------------------------------------
@@ -138,6 +173,14 @@ def last_epoch(run: Path) -> dict:
     return {"last_dev_acc": float(row["dev_acc"]), "last_ema_dev_acc": float(row.get("ema_dev_acc", math.nan))}
 
 
+def split_stages(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each stage: ``common... THEN second...`` gives [common, common + second]."""
+    if THEN not in overrides:
+        return [overrides]
+    at = overrides.index(THEN)
+    return [overrides[:at], [*overrides[:at], *overrides[at + 1 :]]]
+
+
 def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
     """Train (and verify, where the dataset has a verification part) one trial; its result as a flat dict."""
     import torch
@@ -151,9 +194,15 @@ def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
     cache = f"data.cache_dir={work_dir / 'cache'}"
     overrides = [f"data.root={data}", cache, f"train.seed={t['seed']}", "train.plot=false", *t["overrides"]]
     run.mkdir(parents=True, exist_ok=True)
+    stages = split_stages(overrides)
     tic = time.perf_counter()
     with open(run / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = facenext(["train", config, "--out", str(run), *overrides])
+        code, last = 0, None
+        for i, stage in enumerate(stages):
+            out = run if i == len(stages) - 1 else run / f"stage{i + 1}"
+            start = [f"train.init_from={last}"] if last else []
+            code = code or facenext(["train", config, "--out", str(out), *stage, *start])
+            last = out
         train_s = time.perf_counter() - tic
         verified = {}
         if code == 0 and t["dataset"] != "orl70":

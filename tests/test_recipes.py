@@ -1,0 +1,51 @@
+"""The recipe experiments' script (benchmarks/recipes.md): its ORL protocol and its two-stage trials."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from facenext.data.layout import find_layout, list_classes, list_images
+
+from .conftest import ORL, ROOT, needs_orl
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    spec = importlib.util.spec_from_file_location("recipes", ROOT / "scripts" / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["recipes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def identities(folder):
+    return {name: set(list_images(folder / name)) for name in list_classes(folder)}
+
+
+@needs_orl
+def test_orl70_splits_every_identity_seven_to_three_and_by_seed(recipes, tmp_path):
+    layouts = [find_layout(recipes.orl70(tmp_path / f"orl{seed}", seed, ORL)) for seed in (0, 1)]
+    train, dev = identities(layouts[0].train), identities(layouts[0].dev)
+    assert len(train) == len(dev) == 40
+    assert {len(v) for v in train.values()} == {7} and {len(v) for v in dev.values()} == {3}
+    # The same source image never lands on both sides: compare the bytes, since file names are renumbered.
+    for name in train:
+        seen = {(layouts[0].train / name / f).read_bytes() for f in train[name]}
+        assert not seen & {(layouts[0].dev / name / f).read_bytes() for f in dev[name]}
+    other = identities(layouts[1].dev)
+    first = {(layouts[0].dev / n / f).read_bytes() for n in dev for f in dev[n]}
+    second = {(layouts[1].dev / n / f).read_bytes() for n in other for f in other[n]}
+    assert first != second, "another split seed draws other evaluation images"
+
+
+def test_a_two_stage_trial_shares_the_first_stage_overrides(recipes):
+    overrides = ["data.root=x", "train.epochs=42", recipes.THEN, "train.loss=arcface", "train.epochs=18"]
+    first, second = recipes.split_stages(overrides)
+    assert first == ["data.root=x", "train.epochs=42"]
+    assert second == ["data.root=x", "train.epochs=42", "train.loss=arcface", "train.epochs=18"]
+    assert recipes.split_stages(["a=1"]) == [["a=1"]]
+    trials = recipes.plan_trials("losses", recipes.LOSSES, ("sample", "orlver"), "selection")
+    assert len(trials) == len(recipes.LOSSES) * 2 * 3 and len({recipes.trial_key(t) for t in trials}) == len(trials)
