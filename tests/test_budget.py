@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -62,6 +63,23 @@ def test_slower_epochs_shrink_the_plan_and_faster_ones_grow_it_with_room_to_spar
     planner, _, changes = planner_after([10.0, 5.0, 5.0])
     # ... which there is at 7.5 s from 15 s (9 more and a spare: 11), and then at 6.67 s from 20 s (13).
     assert [c.epochs for c in changes[1:]] == [11, 13]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noisy_epoch_times_keep_the_plan_steady_and_inside_the_budget(seed):
+    """Epochs of 2 s +- 8% (a 2-core CPU) in a 5-minute budget: the run ends inside it, using most of it, and the
+    plan (and with it the LR curve) changes a few times while the running mean settles, not at every epoch."""
+    rng = np.random.default_rng(seed)
+    clock = FakeClock()
+    planner = BudgetPlanner(300.0, 1000, clock)
+    planner.start()
+    done, changes = 0, 0
+    while done < planner.planned:
+        clock.now += 2.5 if done == 0 else 2.0 * (1 + 0.08 * rng.standard_normal())
+        done += 1
+        changes += planner.end_epoch(done) is not None
+    assert 0.9 * 300 < planner.spent() <= 300
+    assert changes <= 20 < done / 5
 
 
 def test_the_plan_is_capped_by_epochs_and_never_below_one_more_epoch():

@@ -14,11 +14,12 @@ from sklearn.metrics import det_curve, roc_auc_score, roc_curve
 
 from facenext.cli import main
 from facenext.data.layout import find_layout, list_images
+from facenext.verification.expansion import expand
 from facenext.verification.identity import threshold_curve
 from facenext.verification.metrics import accuracy_curve, kfold_accuracy, pair_metrics
 from facenext.verification.pairs import read_pairs, score_pairs
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
+from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -264,3 +265,49 @@ def test_s22_pairs_from_csv_files_are_scored_into_id_match(tmp_path):
     submission = pd.read_csv(tmp_path / "verify" / "verification_submission.csv")
     assert list(submission.columns) == ["id", "match"]
     assert len(submission) == len(pd.read_csv(find_layout(data).test_pairs))
+
+
+def noisy_clusters(people: int, images: int, noise: float, seed: int = 0):
+    """Normalised embeddings: ``images`` noisy views of each of ``people`` random directions, and their owners."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, 32))
+    owners = np.repeat(np.arange(people), images)
+    feats = centres[owners] + noise * rng.normal(size=(len(owners), 32))
+    return (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32), owners
+
+
+def nearest_neighbour_accuracy(feats, owners):
+    similarity = feats @ feats.T
+    np.fill_diagonal(similarity, -np.inf)
+    return float((owners[similarity.argmax(1)] == owners).mean())
+
+
+def test_query_expansion_pulls_each_person_together_and_is_chunk_independent():
+    feats, owners = noisy_clusters(people=20, images=12, noise=1.2)
+    expanded = expand(feats, 5)
+    np.testing.assert_allclose(np.linalg.norm(expanded, axis=1), 1.0, atol=1e-5)
+    before, after = nearest_neighbour_accuracy(feats, owners), nearest_neighbour_accuracy(expanded, owners)
+    assert before < 0.9 and after > before + 0.05, (before, after)
+    # the mean similarity to the person's own centre rises: the noise of single views is averaged out
+    centres = np.stack([feats[owners == p].mean(0) for p in range(20)])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    assert (expanded * centres[owners]).sum(1).mean() > (feats * centres[owners]).sum(1).mean() + 0.05
+    for chunk in (1, 7, 10_000):
+        np.testing.assert_allclose(expand(feats, 5, chunk=chunk), expanded, atol=1e-6)
+    assert expand(feats, 0) is feats
+    np.testing.assert_allclose(expand(feats[:2], 5), expand(feats[:2], 1))  # k is capped at the other images
+
+
+def test_verify_expands_queries_on_request_and_refuses_a_negative_count(trained_run, tmp_path):
+    out = tmp_path / "ver"
+    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "3"]) == 0
+    summary = json.loads((out / "verify.json").read_text())
+    assert summary["expand"] == 3 and 0 <= summary["dev_accuracy"] <= 1
+    curve = pd.read_csv(summary["threshold_curve_csv"])
+    assert curve["accuracy"].max() == pytest.approx(summary["dev_accuracy"])
+    assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+    plain = json.loads((out / "verify.json").read_text())
+    assert plain["expand"] == 0 and plain["embedded_images"] == 0  # the same embeddings, expanded or not
+    assert plain["threshold"] != summary["threshold"], "expanded embeddings are compared, not the plain ones"
+    result = facenext("verify", trained_run, "--out", out, "--expand", "-1")
+    assert_user_error(result, "--expand -1")

@@ -89,7 +89,10 @@ def _check_submission(args: argparse.Namespace) -> None:
 def _verify(args: argparse.Namespace) -> None:
     from .verification import verify
 
-    verify(args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache, fmt=args.format)
+    verify(
+        args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache, fmt=args.format,
+        expand_k=args.expand,
+    )  # fmt: skip
 
 
 def _average(args: argparse.Namespace) -> None:
@@ -251,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.add_argument("--no-cache", action="store_true", help="embed every image again (ignore OUT/embeddings_*.npz)")
     p.add_argument("--format", help=FORMAT_HELP)
+    p.add_argument(
+        "--expand", type=int, help="query expansion: neighbours averaged into each embedding (default: verify.expand)"
+    )
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("average", help="average a run's top-k epoch weights into averaged.pt")

@@ -117,6 +117,10 @@ class PredictConfig:
 @dataclass
 class VerifyConfig:
     tta: str = "flip"
+    # Query expansion: each verification embedding averaged with its k nearest images of the same split (and the
+    # known gallery), weighted by similarity^3 (facenext.verification.expansion); 0: off. Uses only the unlabelled
+    # test images; choose k on dev (`facenext verify RUN --expand K`).
+    expand: int = 0
 
 
 @dataclass

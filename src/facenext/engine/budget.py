@@ -21,10 +21,14 @@ MARGIN_OF_BUDGET = 0.03
 MARGIN_OF_EPOCH = 0.25
 # Epochs in the running mean: enough to damp noise, few enough that the first epoch's one-off costs (worker start,
 # cudnn benchmark, compile) and real drift leave it soon.
-WINDOW = 5
-# Growing the plan needs a whole epoch to spare besides the margin: without it, noise around a boundary grows and
-# shrinks the plan (and bends the LR curve) every few epochs. Shrinking is never delayed: it keeps the budget.
+WINDOW = 10
+# A plan is kept while its projected end stays in a band below the budget, so that noise in the epoch time does not
+# grow and shrink it (and bend the LR curve) every few epochs; on a 2-core CPU epoch times wander by 10%. It shrinks
+# once its end passes SHRINK_AT of the budget (still inside it), and grows only with a whole epoch, or GROW_BAND of
+# the budget if that is more, to spare besides the margin.
+SHRINK_AT = 0.99
 GROW_SLACK = 1.0
+GROW_BAND = 0.03
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,12 @@ class BudgetPlanner:
         if self.budget_s is None or per_epoch is None or (done >= self.planned and not extend):
             return None
         epochs = self._fit(done, per_epoch, 0.0)
-        if epochs > self.planned and self.made and not extend:
-            epochs = max(self.planned, self._fit(done, per_epoch, GROW_SLACK))
+        if self.made and not extend:
+            if epochs > self.planned:
+                slack = max(GROW_SLACK, GROW_BAND * self.budget_s / per_epoch)
+                epochs = max(self.planned, self._fit(done, per_epoch, slack))
+            elif epochs < self.planned and self._ends_by(done, per_epoch, SHRINK_AT * self.budget_s):
+                epochs = self.planned
         if epochs == self.planned and self.made:
             return None
         change = PlanChange(
@@ -99,6 +107,11 @@ class BudgetPlanner:
         )
         self.planned, self.made = epochs, True
         return change
+
+    def _ends_by(self, done: int, per_epoch: float, deadline: float) -> bool:
+        """Whether the current plan's last epoch is expected to end by ``deadline`` (budget seconds), the last
+        epoch's own noise (a share of an epoch) included."""
+        return self.epoch_start + (self.planned - done + MARGIN_OF_EPOCH) * per_epoch <= deadline
 
     def _fit(self, done: int, per_epoch: float, slack: float, cap: int | None = None) -> int:
         """Epochs whose end is expected inside the budget, counting the current epoch from its start; never fewer

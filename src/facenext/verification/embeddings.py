@@ -26,6 +26,7 @@ class RunFacts:
     tta: str  # the run's default verification TTA
     data_root: str
     term: str
+    expand: int  # the run's default query expansion (verify.expand)
 
 
 def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
@@ -33,7 +34,9 @@ def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
     run = load_run(run_dir, weights)
     data = run.config.data
     weights_file = run.folder.weights_file(weights)
-    return run, RunFacts(weights, weights_file, data.image_size, run.config.verify.tta, data.root, data.term)
+    return run, RunFacts(
+        weights, weights_file, data.image_size, run.config.verify.tta, data.root, data.term, run.config.verify.expand
+    )
 
 
 def weights_fingerprint(facts: RunFacts, tta: str) -> str:

@@ -14,6 +14,7 @@ from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
 from ..submission import verification_ids, write_submission
 from .embeddings import EmbeddingCache
+from .expansion import expand
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
 from .plots import plot_threshold_curve, write_score_figures
 
@@ -65,15 +66,21 @@ def genuine_and_impostor(similarity: np.ndarray, truth: np.ndarray, names: list[
     return similarity[is_genuine], similarity[~is_genuine]
 
 
+def match_similarity(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Unknown x known cosine similarity, after expanding gallery and queries together (``expansion``; k=0: off)."""
+    both = expand(np.concatenate([gallery, queries]), k)
+    return both[len(gallery) :] @ both[: len(gallery)].T
+
+
 def evaluate_identities(
-    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], out: Path
+    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], out: Path, k: int = 0
 ) -> tuple[dict[str, Any], float]:
     """Dev accuracy with the tuned threshold, its curve and figures; the summary entries and the threshold."""
     dev_files = list_images(layout.unknown_dev)
     truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
     if len(truth) != len(dev_files):
         raise UserError(f"{layout.ver_dev_labels} has {len(truth)} labels for {len(dev_files)} unknown_dev images")
-    similarity = cache.get("unknown_dev", [layout.unknown_dev / f for f in dev_files]) @ gallery.T
+    similarity = match_similarity(gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in dev_files]), k)
     predicted, best_similarity = best_matches(similarity, names)
     thresholds, accuracy = threshold_curve(best_similarity, predicted, truth, layout.term.no_match)
     threshold, dev_accuracy = best_point(thresholds, accuracy)
@@ -101,11 +108,17 @@ def evaluate_identities(
 
 
 def write_identity_submission(
-    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], threshold: float, out: Path
+    cache: EmbeddingCache,
+    layout: Layout,
+    gallery: np.ndarray,
+    names: list[str],
+    threshold: float,
+    out: Path,
+    k: int = 0,
 ) -> dict[str, Any]:
     """The test submission: each ``unknown_test`` image's best identity, or no match below ``threshold``."""
     ids, files = verification_ids(layout)
-    similarity = cache.get("unknown_test", [layout.unknown_test / f for f in files]) @ gallery.T
+    similarity = match_similarity(gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), k)
     predicted, best_similarity = best_matches(similarity, names)
     no_match = layout.term.no_match
     labels = np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
@@ -115,16 +128,17 @@ def write_identity_submission(
     return {"submission": str(path)}
 
 
-def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
-    """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present)."""
+def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, expand_k: int = 0) -> dict[str, Any]:
+    """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present);
+    ``expand_k``: query expansion over each split's images and the gallery (``expansion``)."""
     if layout.known is None or layout.unknown_dev is None:
         raise UserError(f"no verification data (known/, unknown_dev/) found under {layout.root}")
     gallery, names = known_gallery(cache, layout)
     summary: dict[str, Any] = {"known_identities": len(names)}
     threshold = NO_THRESHOLD
     if layout.ver_dev_labels is not None:
-        dev, threshold = evaluate_identities(cache, layout, gallery, names, out)
+        dev, threshold = evaluate_identities(cache, layout, gallery, names, out, expand_k)
         summary.update(dev)
     if layout.unknown_test is not None:
-        summary.update(write_identity_submission(cache, layout, gallery, names, threshold, out))
+        summary.update(write_identity_submission(cache, layout, gallery, names, threshold, out, expand_k))
     return summary

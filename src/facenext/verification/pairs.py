@@ -14,6 +14,7 @@ from ..data.layout import Layout, read_pairs
 from ..errors import UserError
 from ..submission import write_submission
 from .embeddings import EmbeddingCache
+from .expansion import expand
 from .metrics import pair_metrics
 from .plots import write_score_figures
 
@@ -38,17 +39,20 @@ def pair_images(layout: Layout, pairs: pd.DataFrame) -> tuple[list[Path], np.nda
     return [base / name for name in unique], codes[: len(pairs)], codes[len(pairs) :]
 
 
-def split_pair_scores(cache: EmbeddingCache, layout: Layout, split: str, pairs: pd.DataFrame) -> np.ndarray:
-    """Cosine score of each pair of a split; each distinct image is embedded once (and cached)."""
+def split_pair_scores(cache: EmbeddingCache, layout: Layout, split: str, pairs: pd.DataFrame, k: int = 0) -> np.ndarray:
+    """Cosine score of each pair of a split; each distinct image is embedded once (and cached), then expanded with
+    its ``k`` nearest images of the split (``expansion``; 0: off)."""
     paths, first, second = pair_images(layout, pairs)
-    return score_pairs(cache.get(split, paths), first, second)
+    return score_pairs(expand(cache.get(split, paths), k), first, second)
 
 
-def evaluate_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def evaluate_pairs(
+    cache: EmbeddingCache, layout: Layout, out: Path, k: int = 0
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """The field's metrics on the labelled dev pairs, and the ROC and score figures: the summary entries, the
     scores and the labels."""
     val = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
-    scores = split_pair_scores(cache, layout, "dev", val)
+    scores = split_pair_scores(cache, layout, "dev", val, k)
     labels = val["label"].astype(int).to_numpy()
     metrics = pair_metrics(scores, labels)
     summary: dict[str, Any] = {f"dev_{k}": v for k, v in metrics.items()}
@@ -72,17 +76,17 @@ def write_pair_submission(layout: Layout, out: Path, scores: np.ndarray) -> dict
     return {"submission": str(path)}
 
 
-def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path) -> dict[str, Any]:
+def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, expand_k: int = 0) -> dict[str, Any]:
     """Evaluate on the dev pairs and score the test pairs (when present). The scores are saved for ensembles; the
     test submission is written here, except for the combined task (F26), whose file also needs the classification
     part (``verification.command``)."""
     if layout.val_pairs is None:
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
-    summary, val_scores, labels = evaluate_pairs(cache, layout, out)
+    summary, val_scores, labels = evaluate_pairs(cache, layout, out, expand_k)
     test_scores = None
     if layout.test_pairs is not None:
         test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
-        test_scores = split_pair_scores(cache, layout, "test", test)
+        test_scores = split_pair_scores(cache, layout, "test", test, expand_k)
         if layout.family.name != "combined":
             summary.update(write_pair_submission(layout, out, test_scores))
     save_pair_scores(out, val_scores, labels, test_scores)
