@@ -228,7 +228,8 @@ def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
         train_s = time.perf_counter() - tic
         verified = {}
         if code == 0 and t["dataset"] != "orl70":
-            code = facenext(["verify", str(run), "--out", str(run / "verify")])
+            # without expansion, whatever the config says: the expansions are measured beside it
+            code = facenext(["verify", str(run), "--out", str(run / "verify"), "--expand", "0"])
             verified = json.loads((run / "verify" / "verify.json").read_text()) if code == 0 else {}
     result = {**t, "key": trial_key(t), "exit": code, "wall_s": round(time.perf_counter() - tic, 1)}
     if code != 0:
@@ -271,14 +272,20 @@ def expansion_metrics(run: Path) -> dict:
 
 def reverify(args: argparse.Namespace) -> None:
     """The query-expansion metrics of finished verification trials that lack them, appended to --out (``report``
-    merges the files by trial)."""
-    rows = read_results([Path(args.results), Path(args.out)])
-    for r in rows:
-        if r.get("ver_dev_acc") is not None and f"ver_dev_acc_qe{EXPANSIONS[-1]}" not in r:
-            r.update(expansion_metrics(Path(args.work) / "runs" / run_name(r)))
-            with Path(args.out).open("a") as f:
-                f.write(json.dumps(r) + "\n")
-            print(r["key"], {k: v for k, v in r.items() if "_qe" in k}, flush=True)
+    merges the files by trial). Trials of ``--grids`` were verified with their config's verify.expand: their plain
+    metrics are measured again, without expansion."""
+    for r in read_results([Path(args.results), Path(args.out)]):
+        again = r["grid"] in args.grids and not r.get("replain")
+        if r.get("ver_dev_acc") is None or (f"ver_dev_acc_qe{EXPANSIONS[-1]}" in r and not again):
+            continue
+        run = Path(args.work) / "runs" / run_name(r)
+        r.update(expansion_metrics(run))
+        if again:  # expansion_metrics leaves verify.json as verify --expand 0 writes it
+            plain = json.loads((run / "verify" / "verify.json").read_text())
+            r.update(ver_dev_acc=plain["dev_accuracy"], ver_pair_eer=plain.get("dev_pair_eer"), replain=True)
+        with Path(args.out).open("a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(r["key"], {k: v for k, v in r.items() if "_qe" in k}, flush=True)
 
 
 def read_results(files: list[Path]) -> list[dict]:
@@ -396,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "recipes.jsonl"))
     p.add_argument("--out", required=True, help="where the updated trials are appended")
+    p.add_argument("--grids", nargs="*", default=[], help="grids whose plain metrics are measured again (k=0)")
     p.set_defaults(func=reverify)
     p = sub.add_parser("report")
     p.add_argument("results", nargs="+")
