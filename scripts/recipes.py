@@ -226,11 +226,10 @@ def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
             code = code or facenext(["train", config, "--out", str(out), *stage, *start])
             last = out
         train_s = time.perf_counter() - tic
-        verified = {}
-        if code == 0 and t["dataset"] != "orl70":
-            # without expansion, whatever the config says: the expansions are measured beside it
-            code = facenext(["verify", str(run), "--out", str(run / "verify"), "--expand", "0"])
-            verified = json.loads((run / "verify" / "verify.json").read_text()) if code == 0 else {}
+    verified = None
+    if code == 0 and t["dataset"] != "orl70":
+        verified = verification_metrics(run)
+        code = 0 if verified is not None else 1
     result = {**t, "key": trial_key(t), "exit": code, "wall_s": round(time.perf_counter() - tic, 1)}
     if code != 0:
         return result
@@ -242,47 +241,43 @@ def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
         device=summary["device_name"],
         best_dev_acc=summary["best_dev_acc"],
         **last_epoch(run),
-        ver_dev_acc=verified.get("dev_accuracy"),
-        ver_pair_eer=verified.get("dev_pair_eer"),
-        ver_pair_auc=verified.get("dev_pair_auc"),
+        **(verified or {"ver_dev_acc": None, "ver_pair_eer": None, "ver_pair_auc": None}),
     )
-    if verified:
-        result.update(expansion_metrics(run))
     return result
 
 
-def expansion_metrics(run: Path) -> dict:
-    """Verification dev metrics with query expansion over k neighbours (``verify --expand``; cached embeddings)."""
+def verification_metrics(run: Path) -> dict | None:
+    """Verification dev metrics without query expansion (``ver_*``; whatever the config's verify.expand) and with it
+    over each of ``EXPANSIONS`` neighbours (``ver_*_qe<k>``); None when verify fails. The embeddings are computed once
+    and cached; the plain run goes last, so verify.json is left as it writes it."""
     from facenext.cli import main as facenext
 
-    metrics = {}
-    for k in EXPANSIONS:
-        out = run / "verify"
+    metrics: dict = {}
+    for k in (*EXPANSIONS, 0):
         with open(run / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            if facenext(["verify", str(run), "--out", str(out), "--expand", str(k)]) != 0:
-                continue
-        verified = json.loads((out / "verify.json").read_text())
-        metrics[f"ver_dev_acc_qe{k}"] = verified.get("dev_accuracy")
-        metrics[f"ver_pair_eer_qe{k}"] = verified.get("dev_pair_eer")
-    # leave verify.json as the plain (k = 0) run wrote it
-    with open(run / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        facenext(["verify", str(run), "--out", str(run / "verify"), "--expand", "0"])
+            code = facenext(["verify", str(run), "--out", str(run / "verify"), "--expand", str(k)])
+        if code != 0:
+            return None
+        verified = json.loads((run / "verify" / "verify.json").read_text())
+        suffix = f"_qe{k}" if k else ""
+        metrics[f"ver_dev_acc{suffix}"] = verified.get("dev_accuracy")
+        metrics[f"ver_pair_eer{suffix}"] = verified.get("dev_pair_eer")
+    metrics["ver_pair_auc"] = verified.get("dev_pair_auc")
     return metrics
 
 
 def reverify(args: argparse.Namespace) -> None:
     """The query-expansion metrics of finished verification trials that lack them, appended to --out (``report``
-    merges the files by trial). Trials of ``--grids`` were verified with their config's verify.expand: their plain
-    metrics are measured again, without expansion."""
+    merges the files by trial). Trials of ``--grids`` (verified with their config's verify.expand) are measured
+    again in full, their plain metrics without expansion."""
     for r in read_results([Path(args.results), Path(args.out)]):
-        again = r["grid"] in args.grids and not r.get("replain")
-        if r.get("ver_dev_acc") is None or (f"ver_dev_acc_qe{EXPANSIONS[-1]}" in r and not again):
+        lacking = f"ver_dev_acc_qe{EXPANSIONS[-1]}" not in r
+        if r.get("ver_dev_acc") is None or not (lacking or r["grid"] in args.grids):
             continue
-        run = Path(args.work) / "runs" / run_name(r)
-        r.update(expansion_metrics(run))
-        if again:  # expansion_metrics leaves verify.json as verify --expand 0 writes it
-            plain = json.loads((run / "verify" / "verify.json").read_text())
-            r.update(ver_dev_acc=plain["dev_accuracy"], ver_pair_eer=plain.get("dev_pair_eer"), replain=True)
+        verified = verification_metrics(Path(args.work) / "runs" / run_name(r))
+        if verified is None:
+            continue
+        r.update(verified)
         with Path(args.out).open("a") as f:
             f.write(json.dumps(r) + "\n")
         print(r["key"], {k: v for k, v in r.items() if "_qe" in k}, flush=True)

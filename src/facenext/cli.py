@@ -43,12 +43,11 @@ def _preview(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .config import budget_seconds, load_config
+    from .config import load_config
     from .data.layout import find_layout
 
     # Check the config and the data before importing torch and timm (seconds), so mistakes are reported at once.
     config = load_config(args.config, args.overrides)
-    budget_seconds(config.train.budget)
     find_layout(config.data.root, config.data.term)
     from .engine.train import train
 

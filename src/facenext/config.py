@@ -105,6 +105,10 @@ class TrainConfig:
     plot: bool = True  # write curves.png at the end
     log_every: int = 50  # iterations between progress lines when not on a terminal (0: none)
 
+    def __post_init__(self) -> None:
+        # Every way a config is made (a file, overrides, a checkpoint's copy) refuses a budget that is no duration.
+        budget_seconds(self.budget)
+
 
 @dataclass
 class PredictConfig:

@@ -117,11 +117,10 @@ def build_bundle(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``out/notebook`` and ``out/toolkit`` (see the module's docstring); returns a summary (also printed)."""
-    from .config import budget_seconds, load_config
+    from .config import load_config
 
     overrides = list(overrides or [])
     loaded = load_config(config, overrides)  # refuse a broken config here, not hours later on Kaggle
-    budget_seconds(loaded.train.budget)
     if loaded.train.budget is None:
         overrides = [f"train.budget={KAGGLE_BUDGET}", *overrides]
     user = kaggle_username(user)

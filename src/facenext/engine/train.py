@@ -301,7 +301,7 @@ class Trainer:
     def __init__(self, config: Config, run_dir: Path, device: torch.device | None = None) -> None:
         self.config, self.run_dir, self.run = config, run_dir, RunDir(run_dir)
         t = config.train
-        self.budget = BudgetPlanner(budget_seconds(t.budget), t.epochs)  # first: a bad budget costs no set-up
+        self.budget = BudgetPlanner(budget_seconds(t.budget), t.epochs)
         self.replan_on_start = False  # a resume with another budget or cap re-plans before its first epoch
         self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)

@@ -39,7 +39,7 @@ def verify(
     family = verify_identities if layout.term.verification == "identity" else verify_pairs
     expand_k = facts.expand if expand_k is None else expand_k
     if expand_k < 0:
-        raise UserError(f"--expand {expand_k}: give a number of neighbours, 0 or more (0 turns expansion off)")
+        raise UserError(f"--expand {expand_k} (verify.expand): give a number of neighbours, 0 or more (0: off)")
     result = family(embeddings, layout, out, expand_k)
     if layout.family.name == "combined":
         combined = write_run_submission(
