@@ -417,7 +417,7 @@ def run_verify(args: argparse.Namespace) -> str:
 
     from facenext.verification.identity import best_matches, threshold_curve
     from facenext.verification.metrics import pair_metrics
-    from facenext.verification.pairs import PAIR_CHUNK, score_pairs
+    from facenext.verification.similarity import PAIR_CHUNK, score_pairs
 
     torch.set_num_threads(args.threads)
     images, pairs, dim = (1000, 20_000, 512) if args.quick else (10_000, 1_000_000, 512)

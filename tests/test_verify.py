@@ -17,7 +17,8 @@ from facenext.data.layout import find_layout, list_images
 from facenext.verification.expansion import expand
 from facenext.verification.identity import threshold_curve
 from facenext.verification.metrics import accuracy_curve, kfold_accuracy, pair_metrics
-from facenext.verification.pairs import read_pairs, score_pairs
+from facenext.verification.pairs import read_pairs
+from facenext.verification.similarity import score_pairs
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
 
@@ -311,3 +312,21 @@ def test_verify_expands_queries_on_request_and_refuses_a_negative_count(trained_
     assert plain["threshold"] != summary["threshold"], "expanded embeddings are compared, not the plain ones"
     result = facenext("verify", trained_run, "--out", out, "--expand", "-1")
     assert_user_error(result, "--expand -1")
+
+
+def test_verify_reranks_on_request_for_both_families(trained_run, f24_run, tmp_path):
+    out = tmp_path / "ver"
+    assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+    plain = json.loads((out / "verify.json").read_text())
+    assert main(["verify", str(trained_run), "--out", str(out), "--rerank", "6", "--expand", "2"]) == 0
+    reranked = json.loads((out / "verify.json").read_text())
+    assert (reranked["rerank"], reranked["expand"], reranked["embedded_images"]) == (6, 2, 0)
+    assert reranked["threshold"] != plain["threshold"] and 0 <= reranked["dev_accuracy"] <= 1
+    labels = pd.read_csv(out / "verification_submission.csv")["label"]
+    assert labels.str.fullmatch(r"n\d{6}").all()
+    pairs = tmp_path / "pairs"
+    assert main(["verify", str(f24_run), "--out", str(pairs), "--rerank", "5"]) == 0
+    summary = json.loads((pairs / "verify.json").read_text())
+    assert summary["rerank"] == 5 and 0 <= summary["dev_eer"] <= 1
+    assert pd.read_csv(pairs / "verification_submission.csv")["Label"].between(0, 1).all()  # 1 - distance
+    assert_user_error(facenext("verify", trained_run, "--out", out, "--rerank", "-1"), "--rerank -1")

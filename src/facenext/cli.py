@@ -90,7 +90,7 @@ def _verify(args: argparse.Namespace) -> None:
 
     verify(
         args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache, fmt=args.format,
-        expand_k=args.expand,
+        expand_k=args.expand, rerank=args.rerank,
     )  # fmt: skip
 
 
@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help=FORMAT_HELP)
     p.add_argument(
         "--expand", type=int, help="query expansion: neighbours averaged into each embedding (default: verify.expand)"
+    )
+    p.add_argument(
+        "--rerank", type=int, help="k-reciprocal re-ranking: its k1, 0 for off (default: verify.rerank)", metavar="K1"
     )
     p.set_defaults(func=_verify)
 

@@ -125,6 +125,10 @@ class VerifyConfig:
     # known gallery), weighted by similarity^3 (facenext.verification.expansion); 0: off. Uses only the unlabelled
     # test images; choose k on dev (`facenext verify RUN --expand K`).
     expand: int = 0
+    # k-reciprocal re-ranking (after any expansion): distances from the neighbours two images share
+    # (facenext.verification.reranking), k1 about the images each person has in a split; 0: off. Choose on dev
+    # (`facenext verify RUN --rerank K1`).
+    rerank: int = 0
 
 
 @dataclass

@@ -42,7 +42,7 @@ class DevPairs:
     def metrics(self, model: nn.Module, to_model: BatchToModel, dtype: torch.dtype | None) -> dict[str, float]:
         """EER (and ROC AUC) of the model's cosine scores on the pairs."""
         from .verification.metrics import roc
-        from .verification.pairs import score_pairs
+        from .verification.similarity import score_pairs
 
         was_training = model.training
         model.eval()

@@ -7,11 +7,11 @@ from typing import Any
 
 from ..combined import write_run_submission
 from ..data.layout import find_layout
-from ..errors import UserError
 from ..io import write_json
 from .embeddings import EmbeddingCache, open_run, weights_fingerprint
 from .identity import verify_identities
 from .pairs import verify_pairs
+from .similarity import Scoring
 
 
 def verify(
@@ -23,13 +23,15 @@ def verify(
     cache: bool = True,
     fmt: str | None = None,
     expand_k: int | None = None,
+    rerank: int | None = None,
 ) -> dict[str, Any]:
     """Score the dev verification set and write the test submission, for whichever family the term uses.
 
     ``cache=False`` recomputes every embedding (and refreshes the cache files). For the combined task (F26) the
     pair scores are saved and, once ``predict`` has saved the test logits in the same folder, the submission with
     both parts is written in the format ``fmt`` (default: the sample submission or predict.submission_format).
-    ``expand_k``: query expansion (``verification.expansion``; default: the run's verify.expand).
+    ``expand_k`` and ``rerank``: query expansion and k-reciprocal re-ranking (``verification.similarity``; default: the
+    run's verify.expand and verify.rerank).
     """
     run, facts = open_run(run_dir, weights)
     tta = tta or facts.tta
@@ -37,17 +39,23 @@ def verify(
     layout = find_layout(data_root or facts.data_root, facts.term)
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
     family = verify_identities if layout.term.verification == "identity" else verify_pairs
-    expand_k = facts.expand if expand_k is None else expand_k
-    if expand_k < 0:
-        raise UserError(f"--expand {expand_k} (verify.expand): give a number of neighbours, 0 or more (0: off)")
-    result = family(embeddings, layout, out, expand_k)
+    scoring = Scoring(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
+    print(f"scoring: {scoring.describe()}")
+    result = family(embeddings, layout, out, scoring)
     if layout.family.name == "combined":
         combined = write_run_submission(
             out, layout, fmt or run.config.predict.submission_format, len(run.classes), run.path
         )
         if combined is not None:
             result["submission"] = str(combined)
-    summary = {"run": str(run.path), "term": layout.term.key, "tta": tta, "expand": expand_k, **result}
+    summary = {
+        "run": str(run.path),
+        "term": layout.term.key,
+        "tta": tta,
+        "expand": scoring.expand,
+        "rerank": scoring.rerank,
+        **result,
+    }
     summary["embedded_images"] = embeddings.embedded
     write_json(out / "verify.json", summary)
     return summary

@@ -27,6 +27,7 @@ class RunFacts:
     data_root: str
     term: str
     expand: int  # the run's default query expansion (verify.expand)
+    rerank: int  # the run's default re-ranking k1 (verify.rerank)
 
 
 def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
@@ -34,9 +35,8 @@ def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
     run = load_run(run_dir, weights)
     data = run.config.data
     weights_file = run.folder.weights_file(weights)
-    return run, RunFacts(
-        weights, weights_file, data.image_size, run.config.verify.tta, data.root, data.term, run.config.verify.expand
-    )
+    v = run.config.verify
+    return run, RunFacts(weights, weights_file, data.image_size, v.tta, data.root, data.term, v.expand, v.rerank)
 
 
 def weights_fingerprint(facts: RunFacts, tta: str) -> str:

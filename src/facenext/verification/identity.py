@@ -14,9 +14,9 @@ from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
 from ..submission import verification_ids, write_submission
 from .embeddings import EmbeddingCache
-from .expansion import expand
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
 from .plots import plot_threshold_curve, write_score_figures
+from .similarity import Scoring
 
 NO_THRESHOLD = -1.0  # the lowest cosine similarity: accept every match
 
@@ -66,21 +66,23 @@ def genuine_and_impostor(similarity: np.ndarray, truth: np.ndarray, names: list[
     return similarity[is_genuine], similarity[~is_genuine]
 
 
-def match_similarity(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Unknown x known cosine similarity, after expanding gallery and queries together (``expansion``; k=0: off)."""
-    both = expand(np.concatenate([gallery, queries]), k)
-    return both[len(gallery) :] @ both[: len(gallery)].T
+def match_similarity(gallery: np.ndarray, queries: np.ndarray, scoring: Scoring) -> np.ndarray:
+    """Unknown x known similarity, the gallery and the queries refined together (``scoring``)."""
+    both = np.concatenate([gallery, queries])
+    return scoring.block(both, np.arange(len(gallery), len(both)), np.arange(len(gallery)))
 
 
 def evaluate_identities(
-    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], out: Path, k: int = 0
+    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], out: Path, scoring: Scoring
 ) -> tuple[dict[str, Any], float]:
     """Dev accuracy with the tuned threshold, its curve and figures; the summary entries and the threshold."""
     dev_files = list_images(layout.unknown_dev)
     truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
     if len(truth) != len(dev_files):
         raise UserError(f"{layout.ver_dev_labels} has {len(truth)} labels for {len(dev_files)} unknown_dev images")
-    similarity = match_similarity(gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in dev_files]), k)
+    similarity = match_similarity(
+        gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in dev_files]), scoring
+    )
     predicted, best_similarity = best_matches(similarity, names)
     thresholds, accuracy = threshold_curve(best_similarity, predicted, truth, layout.term.no_match)
     threshold, dev_accuracy = best_point(thresholds, accuracy)
@@ -114,11 +116,11 @@ def write_identity_submission(
     names: list[str],
     threshold: float,
     out: Path,
-    k: int = 0,
+    scoring: Scoring,
 ) -> dict[str, Any]:
     """The test submission: each ``unknown_test`` image's best identity, or no match below ``threshold``."""
     ids, files = verification_ids(layout)
-    similarity = match_similarity(gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), k)
+    similarity = match_similarity(gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), scoring)
     predicted, best_similarity = best_matches(similarity, names)
     no_match = layout.term.no_match
     labels = np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
@@ -128,17 +130,17 @@ def write_identity_submission(
     return {"submission": str(path)}
 
 
-def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, expand_k: int = 0) -> dict[str, Any]:
-    """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present);
-    ``expand_k``: query expansion over each split's images and the gallery (``expansion``)."""
+def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring) -> dict[str, Any]:
+    """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present), each
+    split scored against the gallery as ``scoring`` says."""
     if layout.known is None or layout.unknown_dev is None:
         raise UserError(f"no verification data (known/, unknown_dev/) found under {layout.root}")
     gallery, names = known_gallery(cache, layout)
     summary: dict[str, Any] = {"known_identities": len(names)}
     threshold = NO_THRESHOLD
     if layout.ver_dev_labels is not None:
-        dev, threshold = evaluate_identities(cache, layout, gallery, names, out, expand_k)
+        dev, threshold = evaluate_identities(cache, layout, gallery, names, out, scoring)
         summary.update(dev)
     if layout.unknown_test is not None:
-        summary.update(write_identity_submission(cache, layout, gallery, names, threshold, out, expand_k))
+        summary.update(write_identity_submission(cache, layout, gallery, names, threshold, out, scoring))
     return summary

@@ -14,45 +14,35 @@ from ..data.layout import Layout, read_pairs
 from ..errors import UserError
 from ..submission import write_submission
 from .embeddings import EmbeddingCache
-from .expansion import expand
 from .metrics import pair_metrics
 from .plots import write_score_figures
-
-PAIR_CHUNK = 8192  # pairs scored per step: extra memory is 2 x CHUNK x embedding size, whatever the number of pairs
-
-
-def score_pairs(feats: np.ndarray, first: np.ndarray, second: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
-    """Cosine score of each pair (rows ``first[i]``, ``second[i]`` of normalised ``feats``), a chunk at a time."""
-    scores = np.empty(len(first), dtype=np.float32)
-    for start in range(0, len(first), chunk):
-        a = np.take(feats, first[start : start + chunk], axis=0)
-        b = np.take(feats, second[start : start + chunk], axis=0)
-        scores[start : start + chunk] = np.einsum("ij,ij->i", a, b)
-    return scores
+from .similarity import Scoring
 
 
 def pair_images(layout: Layout, pairs: pd.DataFrame) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """The distinct images of a pair list, each once and resolved where the term keeps them (``ver_data/`` from S25
-    on), and each pair's two positions in that list: embed the images once, then ``score_pairs``."""
+    on), and each pair's two positions in that list: embed the images once, then score the pairs."""
     base = pair_image_base(layout, pairs["img1"].iloc[0])
     codes, unique = pd.factorize(pd.concat([pairs["img1"], pairs["img2"]], ignore_index=True))
     return [base / name for name in unique], codes[: len(pairs)], codes[len(pairs) :]
 
 
-def split_pair_scores(cache: EmbeddingCache, layout: Layout, split: str, pairs: pd.DataFrame, k: int = 0) -> np.ndarray:
-    """Cosine score of each pair of a split; each distinct image is embedded once (and cached), then expanded with
-    its ``k`` nearest images of the split (``expansion``; 0: off)."""
+def split_pair_scores(
+    cache: EmbeddingCache, layout: Layout, split: str, pairs: pd.DataFrame, scoring: Scoring
+) -> np.ndarray:
+    """The score of each pair of a split; each distinct image is embedded once (and cached), and the split's images
+    refine each other's scores as ``scoring`` says."""
     paths, first, second = pair_images(layout, pairs)
-    return score_pairs(expand(cache.get(split, paths), k), first, second)
+    return scoring.pairs(cache.get(split, paths), first, second)
 
 
 def evaluate_pairs(
-    cache: EmbeddingCache, layout: Layout, out: Path, k: int = 0
+    cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """The field's metrics on the labelled dev pairs, and the ROC and score figures: the summary entries, the
     scores and the labels."""
     val = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
-    scores = split_pair_scores(cache, layout, "dev", val, k)
+    scores = split_pair_scores(cache, layout, "dev", val, scoring)
     labels = val["label"].astype(int).to_numpy()
     metrics = pair_metrics(scores, labels)
     summary: dict[str, Any] = {f"dev_{k}": v for k, v in metrics.items()}
@@ -76,17 +66,17 @@ def write_pair_submission(layout: Layout, out: Path, scores: np.ndarray) -> dict
     return {"submission": str(path)}
 
 
-def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, expand_k: int = 0) -> dict[str, Any]:
+def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring) -> dict[str, Any]:
     """Evaluate on the dev pairs and score the test pairs (when present). The scores are saved for ensembles; the
     test submission is written here, except for the combined task (F26), whose file also needs the classification
     part (``verification.command``)."""
     if layout.val_pairs is None:
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
-    summary, val_scores, labels = evaluate_pairs(cache, layout, out, expand_k)
+    summary, val_scores, labels = evaluate_pairs(cache, layout, out, scoring)
     test_scores = None
     if layout.test_pairs is not None:
         test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
-        test_scores = split_pair_scores(cache, layout, "test", test, expand_k)
+        test_scores = split_pair_scores(cache, layout, "test", test, scoring)
         if layout.family.name != "combined":
             summary.update(write_pair_submission(layout, out, test_scores))
     save_pair_scores(out, val_scores, labels, test_scores)
