@@ -15,14 +15,16 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/env.txt"
-sweep() {  # grid, jobs
-  timeout "${SWEEP_S:-520}" python3 scripts/recipes.py run --grid "$1" --jobs "$2" --orl .orl --work "/tmp/work-$1" \
-    --results "$OUT/$1.jsonl" >"$OUT/$1.log" 2>&1
+pids=()
+sweep() {  # grid, jobs; in a process group of its own, so that the pool workers the time limit leaves can be killed
+  setsid timeout "${SWEEP_S:-520}" python3 scripts/recipes.py run --grid "$1" --jobs "$2" --orl .orl \
+    --work "/tmp/work-$1" --results "$OUT/$1.jsonl" >"$OUT/$1.log" 2>&1 &
+  pids+=("$!")
 }
 compgen -G ".gpu-results/*.jsonl" >/dev/null && cp .gpu-results/*.jsonl "$OUT/"
-[ "${VERIFY_JOBS:-5}" -gt 0 ] && sweep verify "${VERIFY_JOBS:-5}" &
-sweep round3 "${ROUND3_JOBS:-11}" &
+[ "${VERIFY_JOBS:-5}" -gt 0 ] && sweep verify "${VERIFY_JOBS:-5}"
+sweep round3 "${ROUND3_JOBS:-11}"
 wait
-pkill -9 -f "scripts/recipes.py|multiprocessing" 2>/dev/null
+for pid in "${pids[@]}"; do kill -9 -- "-$pid" 2>/dev/null; done
 tail -n 4 "$OUT"/*.log
 wc -l "$OUT"/*.jsonl

@@ -249,7 +249,9 @@ def fake_run(runs: Path, name: str, parameters: int, data: Path, wandb: str | No
     return run
 
 
-def fake_outputs(predictions: Path, run: Path, data: Path, quality: float, seed: int) -> None:
+def fake_outputs(
+    predictions: Path, run: Path, data: Path, quality: float, seed: int, scoring: str = "plain cosine"
+) -> None:
     """The files `predict --split dev`, `predict` and `verify` save: logits and pair scores, better with quality."""
     from facenext.combined import save_pair_scores
     from facenext.data.datasets import image_folder
@@ -269,7 +271,7 @@ def fake_outputs(predictions: Path, run: Path, data: Path, quality: float, seed:
     val = pd.read_csv(layout.val_pairs, sep=" ", header=None)[2].to_numpy()
     scores = val * quality + rng.normal(scale=0.3, size=len(val))
     test_pairs = len(layout.test_pairs.read_text().splitlines())
-    save_pair_scores(out, scores, val, rng.normal(size=test_pairs))
+    save_pair_scores(out, scores, val, rng.normal(size=test_pairs), scoring)
 
 
 def test_limit_refusal_and_fit_limit_pick_the_best_subset_that_fits(tmp_path, capsys):
@@ -374,6 +376,17 @@ def test_ensemble_of_one_f26_run_equals_its_parts(tmp_path):
     ids, _ = classification_ids(layout)
     assert frame["ID"].tolist()[: len(ids)] == ids
     assert summary["dev_score"] == pytest.approx(combined_score(summary["dev_acc"], summary["dev_eer"]))
+
+
+def test_ensemble_refuses_to_average_cosine_with_reranked_pair_scores(tmp_path):
+    data = tmp_path / "data"
+    write_sample_competition(data, "f26", identities=3, images_per_identity=6, size=16)
+    runs = [fake_run(tmp_path / "runs", name, 1_000_000, data) for name in ("a", "b")]
+    fake_outputs(tmp_path / "p", runs[0], data, 1.0, 0)
+    fake_outputs(tmp_path / "p", runs[1], data, 1.0, 1, scoring="re-ranking k1=10")
+    with pytest.raises(UserError, match="re-ranking k1=10"):
+        ensemble(runs, tmp_path / "sub.csv", tmp_path / "p", fmt="cls+ver-rows")
+    assert not (tmp_path / "sub.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,9 +17,16 @@ from .submission import classification_ids, submission_record, write_combined
 PAIR_SCORES = "pair_scores.npz"
 
 
-def save_pair_scores(out: Path, val_scores: np.ndarray, val_labels: np.ndarray, test_scores: np.ndarray | None) -> None:
-    """Dev (val_pairs) scores with their labels, and test pair scores: all an ensemble needs."""
-    arrays = {"val_scores": np.asarray(val_scores, np.float32), "val_labels": np.asarray(val_labels, np.int64)}
+def save_pair_scores(
+    out: Path, val_scores: np.ndarray, val_labels: np.ndarray, test_scores: np.ndarray | None, scoring: str
+) -> None:
+    """Dev (val_pairs) scores with their labels, and test pair scores: all an ensemble needs. ``scoring`` says how
+    they were scored (plain cosine, expanded, re-ranked): scores of different kinds are not averaged."""
+    arrays = {
+        "val_scores": np.asarray(val_scores, np.float32),
+        "val_labels": np.asarray(val_labels, np.int64),
+        "scoring": np.array(scoring),
+    }
     if test_scores is not None:
         arrays["test_scores"] = np.asarray(test_scores, np.float32)
 

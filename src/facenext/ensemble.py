@@ -25,6 +25,7 @@ from .io import write_json
 from .limits import check_limit, run_parameters
 from .run import RunDir
 from .submission import write_combined, write_submission
+from .verification.similarity import PLAIN
 
 WEIGHTINGS = ("equal", "fit")
 
@@ -125,6 +126,12 @@ def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
             raise UserError(f"the runs' pair scores differ in {key}: verify every run on the same competition")
     if any(not np.array_equal(p["val_labels"], parts[0]["val_labels"]) for p in parts):
         raise UserError("the runs' val pairs differ: verify every run on the same competition")
+    scorings = {str(p.get("scoring", PLAIN)) for p in parts}  # files from before re-ranking hold cosine scores
+    if len(scorings) > 1:
+        kinds = "; ".join(sorted(scorings))
+        raise UserError(
+            f"the runs' pair scores are of different kinds ({kinds}): verify all with the same --expand, --rerank"
+        )
     return {
         "val": np.stack([p["val_scores"] for p in parts]).astype(np.float64),
         "val_labels": parts[0]["val_labels"],

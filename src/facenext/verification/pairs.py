@@ -79,5 +79,5 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scor
         test_scores = split_pair_scores(cache, layout, "test", test, scoring)
         if layout.family.name != "combined":
             summary.update(write_pair_submission(layout, out, test_scores))
-    save_pair_scores(out, val_scores, labels, test_scores)
+    save_pair_scores(out, val_scores, labels, test_scores, scoring.describe())
     return summary

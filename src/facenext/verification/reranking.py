@@ -11,6 +11,9 @@ about the number of images one person has in the split, and is chosen on dev (``
 
 The sets are sparse (a few dozen entries per image), so memory grows with the number of images, not its square:
 the nearest neighbours are found a chunk of rows at a time, and distances are computed only for the pairs asked.
+One departure from the paper: in the final mix the plain distance is scaled by the largest distance between any two
+images, not by each query's own largest, so that a pair scores the same either way round and one threshold means the
+same for every image (dev accuracy on the sample and on ORL moved by less than 0.003 either way).
 """
 
 from __future__ import annotations
@@ -99,38 +102,42 @@ class KReciprocal:
             indptr.append(indptr[-1] + len(members))
         return sparse.csr_matrix((np.concatenate(weights), np.concatenate(indices), np.array(indptr)), shape=(n, n))
 
-    def _plain(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Squared distance of each row to each col, normalised by the row's largest (the paper's scaling)."""
-        return (2.0 - 2.0 * self.feats[rows] @ self.feats[cols].T) / self.farthest[rows, None]
-
-    def distance(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """The re-ranked distance of each of ``rows`` to each of ``cols`` (indices into ``feats``): a dense block."""
-        rows, cols = np.asarray(rows), np.asarray(cols)
+    def distance(self, rows: np.ndarray, cols: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+        """The re-ranked distance of each of ``rows`` to each of ``cols`` (indices into ``feats``): a dense block,
+        computed ``chunk`` rows at a time (memory: the block, plus chunk x images)."""
+        rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
         by_col = self.sets.tocsc()
-        shared = np.empty((len(rows), len(cols)))
-        for r, i in enumerate(rows):
-            start, stop = self.sets.indptr[i], self.sets.indptr[i + 1]
-            members, weights = self.sets.indices[start:stop], self.sets.data[start:stop]
-            starts, stops = by_col.indptr[members], by_col.indptr[members + 1]
-            lengths = stops - starts
-            at = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-            overlap = np.minimum(np.repeat(weights, lengths), by_col.data[at])
-            shared[r] = np.bincount(by_col.indices[at], overlap, minlength=len(self.feats))[cols]
-        return self._mix(shared, self._plain(rows, cols))
+        out = np.empty((len(rows), len(cols)), dtype=np.float32)
+        for start in range(0, len(rows), chunk):
+            block = rows[start : start + chunk]
+            shared = np.stack([self._shared_row(by_col, i)[cols] for i in block])
+            cosine = self.feats[block] @ self.feats[cols].T
+            out[start : start + chunk] = self._mix(shared, cosine)
+        return out
+
+    def _shared_row(self, by_col: sparse.csc_matrix, i: int) -> np.ndarray:
+        """sum_k min(set_i[k], set_j[k]) for every image j: row i's entries met with each column's, summed per row."""
+        start, stop = self.sets.indptr[i], self.sets.indptr[i + 1]
+        members, weights = self.sets.indices[start:stop], self.sets.data[start:stop]
+        starts, lengths = by_col.indptr[members], np.diff(by_col.indptr)[members]
+        at = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        overlap = np.minimum(np.repeat(weights, lengths), by_col.data[at])
+        return np.bincount(by_col.indices[at], overlap, minlength=len(self.feats))
 
     def pair_distance(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """The re-ranked distance of each pair (``first[i]``, ``second[i]``)."""
+        first, second = np.asarray(first, dtype=np.intp), np.asarray(second, dtype=np.intp)
         shared = np.empty(len(first))
         for p, (i, j) in enumerate(zip(first, second, strict=True)):
             a = slice(self.sets.indptr[i], self.sets.indptr[i + 1])
             b = slice(self.sets.indptr[j], self.sets.indptr[j + 1])
             _, ia, ib = np.intersect1d(self.sets.indices[a], self.sets.indices[b], True, return_indices=True)
             shared[p] = np.minimum(self.sets.data[a][ia], self.sets.data[b][ib]).sum()
-        first, second = np.asarray(first), np.asarray(second)
-        plain = (2.0 - 2.0 * np.einsum("ij,ij->i", self.feats[first], self.feats[second])) / self.farthest[first]
-        return self._mix(shared, plain)
+        return self._mix(shared, np.einsum("ij,ij->i", self.feats[first], self.feats[second]))
 
-    def _mix(self, shared: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    def _mix(self, shared: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+        """The final distance from the summed minima of two sets and the two images' cosine similarity."""
         # The sets sum to one, so the sum of maxima is 2 - the sum of minima: Jaccard = 1 - min / (2 - min).
         jaccard = 1.0 - shared / (2.0 - shared)
+        plain = np.clip((2.0 - 2.0 * cosine) / self.farthest.max(), 0.0, 1.0)  # rounding can pass 1 (or 0)
         return ((1.0 - self.lam) * jaccard + self.lam * plain).astype(np.float32)

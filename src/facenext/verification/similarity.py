@@ -16,6 +16,7 @@ from ..errors import UserError
 from .expansion import expand
 from .reranking import KReciprocal
 
+PLAIN = "plain cosine"  # how scores without expansion or re-ranking are described (verify.json, pair_scores.npz)
 PAIR_CHUNK = 8192  # pairs scored per step: extra memory is 2 x CHUNK x embedding size, whatever the number of pairs
 
 
@@ -46,7 +47,7 @@ class Scoring:
         parts = [f"query expansion k={self.expand}"] * bool(self.expand) + [f"re-ranking k1={self.rerank}"] * bool(
             self.rerank
         )
-        return ", ".join(parts) or "plain cosine"
+        return ", ".join(parts) or PLAIN
 
     def block(self, feats: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Scores of each of ``rows`` against each of ``cols`` (indices into ``feats``, the split's normalised
