@@ -8,12 +8,7 @@
 # python lacks albumentations, its wheels in .whl/.
 set -u
 OUT=${OUT:-/tmp/gpu-recipes}
-mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/env.txt"
 pids=()
 sweep() {  # grid, jobs; in a process group of its own, so that the pool workers the time limit leaves can be killed

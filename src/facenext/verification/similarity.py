@@ -44,9 +44,11 @@ class Scoring:
                 raise UserError(f"--{flag} {value} (verify.{flag}): give a number of neighbours, 0 or more (0: off)")
 
     def describe(self) -> str:
-        parts = [f"query expansion k={self.expand}"] * bool(self.expand) + [f"re-ranking k1={self.rerank}"] * bool(
-            self.rerank
-        )
+        parts = []
+        if self.expand:
+            parts.append(f"query expansion k={self.expand}")
+        if self.rerank:
+            parts.append(f"re-ranking k1={self.rerank}")
         return ", ".join(parts) or PLAIN
 
     def block(self, feats: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
