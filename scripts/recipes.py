@@ -292,7 +292,7 @@ def setting_suffix(expand: int, rerank: int) -> str:
 
 def verification_metrics(run: Path) -> dict | None:
     """Verification dev metrics with plain cosine (``ver_*``; whatever the config's verify settings) and with each
-    of ``SETTINGS`` (``ver_*_qe<k>``, ``ver_*_rr<k1>``, ``ver_*_qe<k>_rr<k1>``); None when verify fails. The
+    of ``SETTINGS`` (``ver_*_qe<k>``, ``ver_*_rr<k1>``; both suffixes where both are set); None when verify fails. The
     embeddings are computed once and cached; the plain run goes last, so verify.json is left as it writes it."""
     from facenext.cli import main as facenext
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .neighbours import CHUNK, nearest_neighbours
+
 ALPHA = 3.0  # weights similarity**alpha: near neighbours count, far ones hardly (the paper's value)
-CHUNK = 1024  # rows of the similarity matrix at a time: memory is CHUNK x images, whatever the number of images
 
 
 def expand(feats: np.ndarray, k: int, alpha: float = ALPHA, chunk: int = CHUNK) -> np.ndarray:
@@ -25,12 +26,10 @@ def expand(feats: np.ndarray, k: int, alpha: float = ALPHA, chunk: int = CHUNK) 
     if k <= 0:
         return feats
     feats = np.ascontiguousarray(feats, dtype=np.float32)
+    nearest, similarities, _ = nearest_neighbours(feats, k, chunk)
+    others, weights = nearest[:, 1:], np.clip(similarities[:, 1:], 0.0, None) ** alpha  # column 0 is itself
     out = feats.copy()
-    for start in range(0, n, chunk):
-        rows = slice(start, min(start + chunk, n))
-        similarity = feats[rows] @ feats.T
-        similarity[np.arange(similarity.shape[0]), np.arange(rows.start, rows.stop)] = -np.inf  # not itself
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        weights = np.clip(np.take_along_axis(similarity, nearest, axis=1), 0.0, None) ** alpha
-        out[rows] += np.einsum("ij,ijd->id", weights, feats[nearest])
+    for start in range(0, n, chunk):  # the neighbours' embeddings, chunk x k x size, a chunk at a time
+        rows = slice(start, start + chunk)
+        out[rows] += np.einsum("ij,ijd->id", weights[rows], feats[others[rows]])
     return out / np.linalg.norm(out, axis=1, keepdims=True)

@@ -21,28 +21,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from .neighbours import CHUNK, nearest_neighbours
+
 LAMBDA = 0.3  # weight of the plain distance in the final one (the paper's value)
 K2_FRACTION = 0.3  # local query expansion over round(0.3 k1) neighbours: the paper's k2=6 for k1=20
-CHUNK = 1024  # rows of the similarity matrix at a time
-
-
-def nearest_neighbours(feats: np.ndarray, k: int, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k + 1`` nearest rows by cosine similarity, itself first, and its largest squared distance to any
-    row (rows L2-normalised: squared Euclidean distance is 2 - 2 cos)."""
-    n = len(feats)
-    nearest = np.empty((n, k + 1), dtype=np.int64)
-    farthest = np.empty(n, dtype=np.float32)
-    for start in range(0, n, chunk):
-        rows = np.arange(start, min(start + chunk, n))
-        similarity = feats[rows] @ feats.T
-        farthest[rows] = 2.0 - 2.0 * similarity.min(1)
-        similarity[np.arange(len(rows)), rows] = np.inf  # itself first, whatever its duplicates
-        top = (
-            np.argpartition(-similarity, k, axis=1)[:, : k + 1] if k + 1 < n else np.tile(np.arange(n), (len(rows), 1))
-        )
-        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
-        nearest[rows] = np.take_along_axis(top, order, axis=1)
-    return nearest, np.maximum(farthest, 1e-12)
 
 
 def reciprocal_sets(nearest: np.ndarray, k: int) -> list[np.ndarray]:
@@ -75,7 +57,7 @@ class KReciprocal:
         self.lam = lam
         k1 = max(1, min(k1, n - 1))
         k2 = max(1, min(round(K2_FRACTION * k1) if k2 is None else k2, k1 + 1))
-        nearest, self.farthest = nearest_neighbours(self.feats, k1, chunk)
+        nearest, _, self.farthest = nearest_neighbours(self.feats, k1, chunk)
         encoded = self._encode(nearest, k1)
         if k2 > 1:  # each set becomes the mean of its k2 nearest images' sets (itself included)
             cols = nearest[:, :k2]

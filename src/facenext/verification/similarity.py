@@ -54,14 +54,15 @@ class Scoring:
     def block(self, feats: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Scores of each of ``rows`` against each of ``cols`` (indices into ``feats``, the split's normalised
         embeddings and whatever they are compared with)."""
-        feats = expand(feats, self.expand)
-        if self.rerank and len(feats) > 2:  # two images have no neighbours to share
-            return 1.0 - KReciprocal(feats, self.rerank).distance(rows, cols)
-        return feats[rows] @ feats[cols].T
+        feats, reranked = self._refine(feats)
+        return feats[rows] @ feats[cols].T if reranked is None else 1.0 - reranked.distance(rows, cols)
 
     def pairs(self, feats: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """The score of each pair (``first[i]``, ``second[i]``) of rows of ``feats``."""
+        feats, reranked = self._refine(feats)
+        return score_pairs(feats, first, second) if reranked is None else 1.0 - reranked.pair_distance(first, second)
+
+    def _refine(self, feats: np.ndarray) -> tuple[np.ndarray, KReciprocal | None]:
+        """The expanded embeddings, and their re-ranking where asked (two images have no neighbours to share)."""
         feats = expand(feats, self.expand)
-        if self.rerank and len(feats) > 2:
-            return 1.0 - KReciprocal(feats, self.rerank).pair_distance(first, second)
-        return score_pairs(feats, first, second)
+        return feats, KReciprocal(feats, self.rerank) if self.rerank and len(feats) > 2 else None
