@@ -1,7 +1,8 @@
 # FaceNext: the user's door. Every target runs inside .venv, created by `make setup` when missing.
 # Variables: CONFIG (training recipe), RUN / RUNS (run folders), COMP (Kaggle slug), FILE, MSG (default: names the
 # runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit), PUSH (kernel), TERM (demo: f23 or f26),
-# FIT_LIMIT=1 (ensemble: the best runs that fit the limit), TAG and WANDB (submit: the grading tag).
+# FIT_LIMIT=1 (ensemble: the best runs that fit the limit), VERIFICATION=1 (ensemble: the runs' verify scores into
+# the verification submission), TAG and WANDB (submit: the grading tag).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -53,8 +54,11 @@ predict: setup
 	for run in $(RUNS); do $(FACENEXT) predict $$run --split dev $(PREDICT_ARGS) && \
 		$(FACENEXT) predict $$run $(PREDICT_ARGS) || exit $$?; done
 
+# VERIFICATION=1: each run verified first (`make verify RUN=...`); FILE defaults to the verification submission.
+ENSEMBLE_FILE = $(if $(and $(VERIFICATION),$(filter file,$(origin FILE))),submissions/verification_submission.csv,$(FILE))
 ensemble: setup
-	$(FACENEXT) ensemble $(RUNS) --out $(FILE) --weights $(or $(WEIGHTS),equal) $(if $(FIT_LIMIT),--fit-limit)
+	$(FACENEXT) ensemble $(RUNS) --out $(ENSEMBLE_FILE) --weights $(or $(WEIGHTS),equal) $(if $(FIT_LIMIT),--fit-limit) \
+		$(if $(VERIFICATION),--verification)
 
 check-submission: setup
 	$(FACENEXT) check-submission $(FILE) --data $(DATA)

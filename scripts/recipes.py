@@ -125,6 +125,8 @@ _ROUND3: dict[str, list[str]] = {
 ROUND3 = {name: [*AROUND, *overrides] for name, overrides in _ROUND3.items()}
 # The sample's verification goal (0.85 known/unknown accuracy): ArcFace with more epochs, pixels and width.
 VERIFY: dict[str, list[str]] = {
+    "ArcFace, 30 epochs": [*AROUND, *ARC, "train.epochs=30"],
+    "ArcFace, 50 epochs": [*AROUND, *ARC, "train.epochs=50"],
     "ArcFace, 100 epochs": [*AROUND, *ARC],
     "ArcFace, 300 epochs": [*AROUND, *ARC, "train.epochs=300"],
     "ArcFace, 96 px": [*AROUND, *ARC, "data.image_size=96"],
@@ -329,6 +331,58 @@ def reverify(args: argparse.Namespace) -> None:
         print(r["key"], {k: v for k, v in r.items() if "_qe" in k or "_rr" in k}, flush=True)
 
 
+def ensembles(args: argparse.Namespace) -> None:
+    """Verification ensembles of a grid's finished trials: the trials of each variant, in seed order, taken in
+    disjoint groups of ``--size`` (no run in two groups), each run verified with ``--expand``/``--rerank`` and the
+    group averaged by ``facenext ensemble --verification``; one JSON line per group, appended to --out."""
+    from facenext.cli import main as facenext
+    from facenext.ensemble import ensemble_verification
+
+    trials = [r for r in read_results([Path(args.results)]) if r["grid"] == args.grid and r.get("ver_dev_acc")]
+    setting = f"e{args.expand}_r{args.rerank}"
+    scored = Path(args.work) / "ensembles" / setting
+    scored.mkdir(parents=True, exist_ok=True)
+    by_variant: dict[tuple, list[dict]] = defaultdict(list)
+    for r in trials:
+        by_variant[(r["dataset"], r["split"], r["variant"])].append(r)
+    done = done_keys(Path(args.out))
+    for (data, split, variant), rs in by_variant.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        for at in range(0, len(rs) - args.size + 1, args.size):
+            group = rs[at : at + args.size]
+            seeds = [r["seed"] for r in group]
+            key = f"ensemble|{args.grid}|{data}|{split}|{variant}|{seeds}|{setting}"
+            if key in done:
+                continue
+            runs = [Path(args.work) / "runs" / run_name(r) for r in group]
+            flags = ["--expand", str(args.expand), "--rerank", str(args.rerank)]
+            with open(scored.parent / "log.txt", "a") as log, contextlib.redirect_stdout(log):
+                codes = [facenext(["verify", str(run), "--out", str(scored / run.name), *flags]) for run in runs]
+                if any(codes):
+                    print(f"{key}: verify failed ({codes})", file=sys.stderr)
+                    continue
+                summary = ensemble_verification(runs, scored / f"{'_'.join(map(str, seeds))}.csv", scored)
+            line = {
+                "key": key,
+                "exit": 0,
+                "grid": args.grid,
+                "dataset": data,
+                "split": split,
+                "variant": variant,
+                "members": seeds,
+                "expand": args.expand,
+                "rerank": args.rerank,
+                "ver_dev_acc": summary["dev_accuracy"],
+                "ver_pair_eer": summary.get("dev_pair_eer"),
+                "member_dev_acc": list(summary["dev_accuracy_runs"].values()),
+                "train_s": sum(r["train_s"] for r in group),
+                "device": group[0]["device"],
+            }
+            with Path(args.out).open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            print(f"{variant} seeds {seeds}: {line['ver_dev_acc']:.3f} (members {line['member_dev_acc']})", flush=True)
+
+
 def read_results(files: list[Path]) -> list[dict]:
     """The successful trials of every file, merged by trial: a later line adds to (and overrides) an earlier one."""
     merged: dict[str, dict] = {}
@@ -396,6 +450,8 @@ def short_device(name: str) -> str:
 def report(args: argparse.Namespace) -> None:
     """One Markdown table per grid and dataset: mean ± standard deviation over the trials, in the grid's order."""
     rows = read_results([Path(f) for f in args.results])
+    ensembled = [r for r in rows if "members" in r]
+    rows = [r for r in rows if "members" not in r]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         report_split = r["dataset"] == "orl70" and r["split"] < 100
@@ -428,10 +484,29 @@ def report(args: argparse.Namespace) -> None:
             cells.append(f"{secs:.0f} s ({devices}, {np.mean([r['epochs'] for r in rs]):.0f} ep)")
             lines.append("| " + " | ".join(cells) + " |")
         text.append("\n".join(lines) + "\n")
+    if ensembled:
+        text.append(ensemble_table(ensembled))
     out = "\n".join(text)
     print(out)
     if args.out:
         Path(args.out).write_text(out)
+
+
+def ensemble_table(rows: list[dict]) -> str:
+    """Verification ensembles: each (variant, size, scoring) row over its disjoint groups, beside their members."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["grid"], r["dataset"], r["variant"], len(r["members"]), r["expand"], r["rerank"])].append(r)
+    head = "| variant | runs per ensemble | scoring | ensembles | known/unknown accuracy | its runs alone | pair EER |"
+    lines = ["### verification ensembles", "", head + " train time |", "|" + "---|" * (head.count(" |") + 1)]
+    for (grid, data, variant, size, expand, rerank), rs in sorted(groups.items()):
+        scoring = ", ".join([f"expansion k={expand}"] * bool(expand) + [f"re-ranking k1={rerank}"] * bool(rerank))
+        members = [a for r in rs for a in r["member_dev_acc"]]
+        cells = [f"{grid}: {data}, {variant}", str(size), scoring or "plain cosine", str(len(rs))]
+        cells += [mean_sd([r["ver_dev_acc"] for r in rs]), mean_sd(members), mean_sd([r["ver_pair_eer"] for r in rs])]
+        cells.append(f"{np.mean([r['train_s'] for r in rs]):.0f} s ({short_device(rs[0]['device'])}, all runs)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -457,6 +532,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="where the updated trials are appended")
     p.add_argument("--grids", nargs="*", default=[], help="grids whose plain metrics are measured again (k=0)")
     p.set_defaults(func=reverify)
+    p = sub.add_parser("ensembles", help="verification ensembles of a grid's trials, in disjoint groups")
+    p.add_argument("--grid", default="headline_ver", choices=sorted(GRIDS))
+    p.add_argument("--size", type=int, default=2, help="runs per ensemble")
+    p.add_argument("--expand", type=int, default=0)
+    p.add_argument("--rerank", type=int, default=10)
+    p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "recipes.jsonl"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "recipe_ensembles.jsonl"))
+    p.set_defaults(func=ensembles)
     p = sub.add_parser("report")
     p.add_argument("results", nargs="+")
     p.add_argument("--out")

@@ -68,9 +68,17 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from .ensemble import ensemble
+    from .ensemble import ensemble, ensemble_verification
 
-    ensemble(args.runs, args.out, args.predictions, args.weights, args.folds, args.data, args.fit_limit, args.format)
+    if args.verification:
+        if args.weights != "equal" or args.fit_limit or args.format:
+            raise UserError("--verification averages scores with equal weights: drop --weights, --fit-limit, --format")
+        ensemble_verification(
+            args.runs, args.out or "submissions/verification_submission.csv", args.predictions, args.data
+        )
+        return
+    out = args.out or "submissions/submission.csv"
+    ensemble(args.runs, out, args.predictions, args.weights, args.folds, args.data, args.fit_limit, args.format)
 
 
 def _check_submission(args: argparse.Namespace) -> None:
@@ -217,9 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help=FORMAT_HELP)
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("ensemble", help="combine the test logits of runs into one submission")
+    p = sub.add_parser("ensemble", help="combine the test outputs of runs into one submission")
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--out", default="submissions/submission.csv")
+    p.add_argument(
+        "--verification",
+        action="store_true",
+        help="average the runs' `verify` scores into the verification competition's submission (F22 to S26)",
+    )
+    p.add_argument(
+        "--out", help="default submissions/submission.csv (--verification: submissions/verification_submission.csv)"
+    )
     p.add_argument("--predictions", default="submissions", help="folder holding each run's predictions")
     p.add_argument(
         "--weights", choices=("equal", "fit"), default="equal", help="fit: non-negative weights fitted on dev logits"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.layout import Layout
-from .io import atomic_write, write_json
+from .io import write_json, write_npz
 from .submission import classification_ids, submission_record, write_combined
 
 PAIR_SCORES = "pair_scores.npz"
@@ -29,12 +29,7 @@ def save_pair_scores(
     }
     if test_scores is not None:
         arrays["test_scores"] = np.asarray(test_scores, np.float32)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(out / PAIR_SCORES, write)
+    write_npz(out / PAIR_SCORES, arrays)
 
 
 def load_pair_scores(folder: Path) -> dict[str, np.ndarray] | None:

@@ -2,9 +2,11 @@
 
 Classification: probabilities are averaged with equal weights, or with non-negative weights (summing to 1) fitted
 on the dev logits by minimising the log-loss; k-fold cross-validation on dev shows whether the fitted weights
-really help. Pair scoring (S22, F24 to S26): the runs' cosine scores are averaged. The combined task (F26): both,
-in one file. The models together must fit the term's parameter limit; ``fit_limit`` picks the subset of runs with
-the best cross-validated dev score (the term's own metric) that fits.
+really help. Pair scoring (F24 to S26): the runs' pair scores are averaged. The combined task (F26): both, in one
+file. The models together must fit the term's parameter limit; ``fit_limit`` picks the subset of runs with the best
+cross-validated dev score (the term's own metric) that fits. ``ensemble_verification`` writes a term's verification
+submission from the runs' saved ``verify`` scores: identity matching (F22 to S24; the similarities averaged, the
+threshold tuned again on dev) or pairs (S22 to S26).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from .io import write_json
 from .limits import check_limit, run_parameters
 from .run import RunDir
 from .submission import write_combined, write_submission
+from .verification.identity import (
+    NO_THRESHOLD,
+    IdentityScores,
+    evaluate_similarity,
+    tuned_accuracy,
+    write_identity_submission,
+)
+from .verification.pairs import write_pair_submission
 from .verification.similarity import PLAIN
 
 WEIGHTINGS = ("equal", "fit")
@@ -113,6 +123,15 @@ def cross_validate(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: 
     return report
 
 
+def same_scoring(scorings: list[str], what: str) -> None:
+    """Refuse to average scores of different kinds (plain cosine, expanded, re-ranked): their scales differ."""
+    if len(set(scorings)) > 1:
+        kinds = "; ".join(sorted(set(scorings)))
+        raise UserError(
+            f"the runs' {what} scores are of different kinds ({kinds}): verify all with the same --expand, --rerank"
+        )
+
+
 def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
     """(runs, pairs) val and test scores, with the val labels; refuses runs scored on other pairs."""
     parts = []
@@ -126,12 +145,7 @@ def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
             raise UserError(f"the runs' pair scores differ in {key}: verify every run on the same competition")
     if any(not np.array_equal(p["val_labels"], parts[0]["val_labels"]) for p in parts):
         raise UserError("the runs' val pairs differ: verify every run on the same competition")
-    scorings = {str(p.get("scoring", PLAIN)) for p in parts}  # files from before re-ranking hold cosine scores
-    if len(scorings) > 1:
-        kinds = "; ".join(sorted(scorings))
-        raise UserError(
-            f"the runs' pair scores are of different kinds ({kinds}): verify all with the same --expand, --rerank"
-        )
+    same_scoring([str(p.get("scoring", PLAIN)) for p in parts], "pair")  # files from before re-ranking: cosine
     return {
         "val": np.stack([p["val_scores"] for p in parts]).astype(np.float64),
         "val_labels": parts[0]["val_labels"],
@@ -343,10 +357,85 @@ def _write(
     if family.name == "combined":
         return write_combined(out, layout, labels, scores, fmt, num_classes).name
     if pairs is not None:
-        id_col, score_col = layout.term.pair_header
-        columns = {id_col: range(len(scores)), score_col: scores}
-        write_submission(out, columns, layout=layout, kind="verification")
+        write_pair_submission(out, layout, scores)
         return "pairs"
     columns = {"id": parts[0]["ids"].tolist(), "label": labels}
     write_submission(out, columns, layout=layout, kind="classification", num_classes=num_classes)
     return "classification"
+
+
+def _identity_part(folders: list[Path], names: list[str]) -> list[IdentityScores]:
+    """Each run's saved identity scores; refuses runs verified on other images or identities, or scored otherwise."""
+    parts = []
+    for folder, name in zip(folders, names, strict=True):
+        part = IdentityScores.load(folder)
+        if part is None:
+            raise UserError(f"{folder} has no identity scores: run `facenext verify {name} --out {folder}` first")
+        parts.append(part)
+    first = parts[0]
+    for name, part in zip(names[1:], parts[1:], strict=True):
+        for key, what in (("names", "known identities"), ("dev_truth", "unknown_dev labels"), ("test_ids", "test ids")):
+            a, b = getattr(first, key), getattr(part, key)
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                raise UserError(
+                    f"{name} was verified with other {what} than {names[0]}: verify every run on the same data"
+                )
+    same_scoring([p.scoring for p in parts], "identity")
+    if first.test is None:
+        raise UserError(f"{folders[0]} holds no unknown_test scores: verify the runs where the test images are")
+    return parts
+
+
+def _ensemble_identities(folders: list[Path], names: list[str], layout: Layout, out: Path) -> dict[str, Any]:
+    """Average the runs' unknown x known similarities, tune the threshold again on dev, write the submission."""
+    parts = _identity_part(folders, names)
+    first, summary = parts[0], {"scoring": parts[0].scoring}
+    threshold = NO_THRESHOLD
+    if first.dev is not None:
+        no_match = layout.term.no_match
+        summary["dev_accuracy_runs"] = {
+            n: tuned_accuracy(p.dev, first.dev_truth, first.names, no_match) for n, p in zip(names, parts, strict=True)
+        }
+        alone = ", ".join(f"{acc:.4f}" for acc in summary["dev_accuracy_runs"].values())
+        print(f"the runs alone: verification dev accuracy {alone} ({first.scoring})")
+        dev = np.mean([p.dev for p in parts], axis=0)
+        found, threshold = evaluate_similarity(dev, first.dev_truth, first.names, layout, None)
+        summary.update(found)
+    test = np.mean([p.test for p in parts], axis=0)
+    summary.update(write_identity_submission(out, layout, first.test_ids.tolist(), test, first.names, threshold))
+    return summary
+
+
+def ensemble_verification(
+    runs: list[str | Path], out: str | Path, predictions: str | Path = "submissions", data_root: str | None = None
+) -> dict[str, Any]:
+    """Average the runs' scores for the term's verification competition and write its submission at ``out``.
+
+    Identity matching (F22 to S24): the unknown x known similarities are averaged and the no-match threshold is
+    tuned again on dev; pair scoring (S22 to S26): the pair scores are averaged. Each run needs its ``facenext
+    verify`` output in ``predictions/<run name>``, every run scored alike (``--expand``, ``--rerank``); the averaged
+    scores are only as comparable as the runs' own, so weights are equal. F26 ranks both tasks in one file: its
+    ensembles are ``ensemble`` without ``--verification``.
+    """
+    if not runs:
+        raise UserError("name at least one run folder to ensemble")
+    config = RunDir(runs[0]).config()
+    layout = find_layout(data_root or config.data.root, config.data.term)
+    if layout.family.name == "combined":
+        raise UserError(f"{layout.term.key.upper()} scores both tasks in one file: ensemble without --verification")
+    names = [str(r) for r in runs]
+    folders = [Path(predictions) / Path(r).name for r in runs]
+    out = Path(out)
+    summary: dict[str, Any] = {"runs": names, "weighting": "equal", "term": layout.term.key, "task": "verification"}
+    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, f"the ensemble of {', '.join(names)}")
+    if layout.term.verification == "identity":
+        summary.update(_ensemble_identities(folders, names, layout, out))
+    else:
+        pairs = _pair_part(folders, names)
+        equal = np.full(len(names), 1 / len(names))
+        summary.update(dev_score(layout.family, equal, None, None, pairs))
+        print(f"ensemble dev EER {summary['dev_eer']:.4f} ({len(pairs['val_labels'])} pairs)")
+        summary.update(write_pair_submission(out, layout, np.tensordot(equal, pairs["test"], axes=1)))
+    summary["rows"] = len(pd.read_csv(out, dtype=str))
+    write_json(out.with_suffix(".json"), summary)
+    return summary

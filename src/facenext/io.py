@@ -81,6 +81,17 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def write_npz(path: str | Path, arrays: Mapping[str, Any]) -> None:
+    """Named arrays as an uncompressed ``.npz`` at ``path``, written atomically."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
 def write_bytes(path: str | Path, data: bytes | memoryview, keep_previous: bool = False) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data), keep_previous)
 

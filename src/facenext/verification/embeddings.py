@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inference import LoadedRun, embed, load_run
-from ..io import atomic_write
+from ..io import write_npz
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,7 @@ class EmbeddingCache:
     def _save(self, path: Path, cached: dict[str, np.ndarray]) -> None:
         names = sorted(cached)
         vectors = np.stack([cached[k] for k in names]).astype(np.float32)
-
-        def save(tmp: Path) -> None:
-            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-                np.savez(f, paths=np.array(names), vectors=vectors, fingerprint=np.array(self.fingerprint))
-
-        atomic_write(path, save)
+        write_npz(path, {"paths": np.array(names), "vectors": vectors, "fingerprint": np.array(self.fingerprint)})
 
     def get(self, split: str, paths: list[Path]) -> np.ndarray:
         """Normalised embeddings of ``paths`` (one row each, in order)."""

@@ -4,6 +4,7 @@ no-match label (``n000000``) below a threshold tuned on ``unknown_dev`` (terms w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
+from ..io import write_npz
 from ..submission import verification_ids, write_submission
 from .embeddings import EmbeddingCache
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
@@ -19,6 +21,39 @@ from .plots import plot_threshold_curve, write_score_figures
 from .similarity import Scoring
 
 NO_THRESHOLD = -1.0  # the lowest cosine similarity: accept every match
+
+
+@dataclass
+class IdentityScores:
+    """A run's unknown x known similarities on dev (with the true labels) and test (with the submission ids), and
+    how they were scored: everything an ensemble needs (``facenext ensemble --verification``)."""
+
+    names: list[str]
+    scoring: str
+    dev: np.ndarray | None = None
+    dev_truth: np.ndarray | None = None
+    test: np.ndarray | None = None
+    test_ids: np.ndarray | None = None
+
+    FILE = "identity_scores.npz"
+
+    def save(self, folder: Path) -> None:
+        arrays = {"names": np.array(self.names), "scoring": np.array(self.scoring)}
+        for key in ("dev", "dev_truth", "test", "test_ids"):
+            value = getattr(self, key)
+            if value is not None:
+                arrays[key] = value.astype(np.float32) if key in ("dev", "test") else value.astype(str)
+        write_npz(folder / self.FILE, arrays)
+
+    @classmethod
+    def load(cls, folder: Path) -> IdentityScores | None:
+        path = Path(folder) / cls.FILE
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            found = {k: data[k] for k in data.files}
+        fields = {k: found.get(k) for k in ("dev", "dev_truth", "test", "test_ids")}
+        return cls(found["names"].tolist(), str(found["scoring"]), **fields)
 
 
 def known_gallery(cache: EmbeddingCache, layout: Layout) -> tuple[np.ndarray, list[str]]:
@@ -56,6 +91,12 @@ def best_threshold(
     return best_point(*threshold_curve(similarity, predicted, truth, no_match))
 
 
+def tuned_accuracy(similarity: np.ndarray, truth: np.ndarray, names: list[str], no_match: str | None) -> float:
+    """The identity-matching accuracy of an unknown x known similarity matrix at its best threshold."""
+    predicted, best_similarity = best_matches(similarity, names)
+    return best_threshold(best_similarity, predicted, truth, no_match)[1]
+
+
 def genuine_and_impostor(similarity: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Genuine scores (each image against its true known identity) and impostor ones (against every other)."""
     column = {name: i for i, name in enumerate(names)}
@@ -72,36 +113,30 @@ def match_similarity(gallery: np.ndarray, queries: np.ndarray, scoring: Scoring)
     return scoring.block(both, np.arange(len(gallery), len(both)), np.arange(len(gallery)))
 
 
-def evaluate_identities(
-    cache: EmbeddingCache, layout: Layout, gallery: np.ndarray, names: list[str], out: Path, scoring: Scoring
+def evaluate_similarity(
+    similarity: np.ndarray, truth: np.ndarray, names: list[str], layout: Layout, figures: Path | None
 ) -> tuple[dict[str, Any], float]:
-    """Dev accuracy with the tuned threshold, its curve and figures; the summary entries and the threshold."""
-    dev_files = list_images(layout.unknown_dev)
-    truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
-    if len(truth) != len(dev_files):
-        raise UserError(f"{layout.ver_dev_labels} has {len(truth)} labels for {len(dev_files)} unknown_dev images")
-    similarity = match_similarity(
-        gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in dev_files]), scoring
-    )
+    """Dev accuracy at the threshold tuned on dev (and without one), the pair EER of the image-to-identity scores,
+    and, into ``figures`` when given, the threshold curve and score figures: the summary entries and the threshold."""
     predicted, best_similarity = best_matches(similarity, names)
     thresholds, accuracy = threshold_curve(best_similarity, predicted, truth, layout.term.no_match)
     threshold, dev_accuracy = best_point(thresholds, accuracy)
-    curve_csv, curve_png = out / "threshold_curve.csv", out / "threshold_curve.png"
-    write_submission(curve_csv, {"threshold": thresholds, "accuracy": accuracy})
-    plot_threshold_curve(curve_png, thresholds, accuracy, threshold)
     summary: dict[str, Any] = dict(
         dev_accuracy=dev_accuracy,
         dev_accuracy_no_threshold=float((predicted == truth).mean()),
         threshold=threshold,
         dev_images=len(truth),
-        threshold_curve_csv=str(curve_csv),
-        threshold_curve_png=str(curve_png),
     )
     genuine, impostor = genuine_and_impostor(similarity, truth, names)
     if len(genuine) and len(impostor):
         pairs = roc(*genuine_impostor(genuine, impostor))
         summary.update(dev_pair_eer=pairs.eer, dev_pair_auc=pairs.auc)
-    summary.update(write_score_figures(out, genuine, impostor, layout.term.key))
+    if figures is not None:
+        curve_csv, curve_png = figures / "threshold_curve.csv", figures / "threshold_curve.png"
+        write_submission(curve_csv, {"threshold": thresholds, "accuracy": accuracy})
+        plot_threshold_curve(curve_png, thresholds, accuracy, threshold)
+        summary.update(threshold_curve_csv=str(curve_csv), threshold_curve_png=str(curve_png))
+        summary.update(write_score_figures(figures, genuine, impostor, layout.term.key))
     print(
         f"verification dev accuracy {dev_accuracy:.4f} at threshold {threshold:.3f} "
         f"({summary['dev_accuracy_no_threshold']:.4f} without threshold, {len(truth)} images)"
@@ -109,22 +144,22 @@ def evaluate_identities(
     return summary, threshold
 
 
+def dev_truth(layout: Layout, files: list[str]) -> np.ndarray:
+    """The labels of ``unknown_dev``'s images (sorted file order, as the term's label file lists them)."""
+    truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
+    if len(truth) != len(files):
+        raise UserError(f"{layout.ver_dev_labels} has {len(truth)} labels for {len(files)} unknown_dev images")
+    return truth
+
+
 def write_identity_submission(
-    cache: EmbeddingCache,
-    layout: Layout,
-    gallery: np.ndarray,
-    names: list[str],
-    threshold: float,
-    out: Path,
-    scoring: Scoring,
+    path: Path, layout: Layout, ids: list[str], similarity: np.ndarray, names: list[str], threshold: float
 ) -> dict[str, Any]:
-    """The test submission: each ``unknown_test`` image's best identity, or no match below ``threshold``."""
-    ids, files = verification_ids(layout)
-    similarity = match_similarity(gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), scoring)
+    """The test submission at ``path``: each ``unknown_test`` image's best identity, or no match below
+    ``threshold``."""
     predicted, best_similarity = best_matches(similarity, names)
     no_match = layout.term.no_match
     labels = np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
-    path = out / "verification_submission.csv"
     write_submission(path, {"id": ids, "label": labels}, layout=layout, kind="verification")
     print(f"wrote {path} ({len(ids)} rows)")
     return {"submission": str(path)}
@@ -132,15 +167,27 @@ def write_identity_submission(
 
 def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring) -> dict[str, Any]:
     """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present), each
-    split scored against the gallery as ``scoring`` says."""
+    split scored against the gallery as ``scoring`` says. The scores are saved for ensembles."""
     if layout.known is None or layout.unknown_dev is None:
         raise UserError(f"no verification data (known/, unknown_dev/) found under {layout.root}")
     gallery, names = known_gallery(cache, layout)
     summary: dict[str, Any] = {"known_identities": len(names)}
-    threshold = NO_THRESHOLD
+    threshold, saved = NO_THRESHOLD, IdentityScores(names, scoring.describe())
     if layout.ver_dev_labels is not None:
-        dev, threshold = evaluate_identities(cache, layout, gallery, names, out, scoring)
+        files = list_images(layout.unknown_dev)
+        saved.dev_truth = dev_truth(layout, files)
+        saved.dev = match_similarity(
+            gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in files]), scoring
+        )
+        dev, threshold = evaluate_similarity(saved.dev, saved.dev_truth, names, layout, out)
         summary.update(dev)
     if layout.unknown_test is not None:
-        summary.update(write_identity_submission(cache, layout, gallery, names, threshold, out, scoring))
+        ids, files = verification_ids(layout)
+        saved.test_ids = np.array(ids)
+        saved.test = match_similarity(
+            gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), scoring
+        )
+        path = out / "verification_submission.csv"
+        summary.update(write_identity_submission(path, layout, ids, saved.test, names, threshold))
+    saved.save(out)
     return summary

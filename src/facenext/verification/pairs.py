@@ -57,10 +57,9 @@ def evaluate_pairs(
     return summary, scores, labels
 
 
-def write_pair_submission(layout: Layout, out: Path, scores: np.ndarray) -> dict[str, Any]:
-    """The test submission: one score per test pair, ids ``0..pairs-1``, under the term's header."""
+def write_pair_submission(path: Path, layout: Layout, scores: np.ndarray) -> dict[str, Any]:
+    """The test submission at ``path``: one score per test pair, ids ``0..pairs-1``, under the term's header."""
     id_col, score_col = layout.term.pair_header
-    path = out / "verification_submission.csv"
     write_submission(path, {id_col: range(len(scores)), score_col: scores}, layout=layout, kind="verification")
     print(f"wrote {path} ({len(scores)} rows)")
     return {"submission": str(path)}
@@ -78,6 +77,6 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scor
         test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
         test_scores = split_pair_scores(cache, layout, "test", test, scoring)
         if layout.family.name != "combined":
-            summary.update(write_pair_submission(layout, out, test_scores))
+            summary.update(write_pair_submission(out / "verification_submission.csv", layout, test_scores))
     save_pair_scores(out, val_scores, labels, test_scores, scoring.describe())
     return summary
