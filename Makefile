@@ -54,7 +54,8 @@ predict: setup
 	for run in $(RUNS); do $(FACENEXT) predict $$run --split dev $(PREDICT_ARGS) && \
 		$(FACENEXT) predict $$run $(PREDICT_ARGS) || exit $$?; done
 
-# VERIFICATION=1: each run verified first (`make verify RUN=...`); FILE defaults to the verification submission.
+# VERIFICATION=1: each run verified first (`make verify RUN=...`); FILE defaults to the verification submission,
+# which goes to the verification competition: make submit FILE=submissions/verification_submission.csv COMP=<slug>.
 ENSEMBLE_FILE = $(if $(and $(VERIFICATION),$(filter file,$(origin FILE))),submissions/verification_submission.csv,$(FILE))
 ensemble: setup
 	$(FACENEXT) ensemble $(RUNS) --out $(ENSEMBLE_FILE) --weights $(or $(WEIGHTS),equal) $(if $(FIT_LIMIT),--fit-limit) \

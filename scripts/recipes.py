@@ -337,6 +337,7 @@ def ensembles(args: argparse.Namespace) -> None:
     group averaged by ``facenext ensemble --verification``; one JSON line per group, appended to --out."""
     from facenext.cli import main as facenext
     from facenext.ensemble import ensemble_verification
+    from facenext.errors import UserError
 
     trials = [r for r in read_results([Path(args.results)]) if r["grid"] == args.grid and r.get("ver_dev_acc")]
     setting = f"e{args.expand}_r{args.rerank}"
@@ -348,6 +349,8 @@ def ensembles(args: argparse.Namespace) -> None:
     done = done_keys(Path(args.out))
     for (data, split, variant), rs in by_variant.items():
         rs = sorted(rs, key=lambda r: r["seed"])
+        if len(rs) < args.size:
+            print(f"{args.grid} {data} {split} {variant}: {len(rs)} run(s), fewer than --size {args.size}", flush=True)
         for at in range(0, len(rs) - args.size + 1, args.size):
             group = rs[at : at + args.size]
             seeds = [r["seed"] for r in group]
@@ -361,7 +364,12 @@ def ensembles(args: argparse.Namespace) -> None:
                 if any(codes):
                     print(f"{key}: verify failed ({codes})", file=sys.stderr)
                     continue
-                summary = ensemble_verification(runs, scored / f"{'_'.join(map(str, seeds))}.csv", scored)
+                try:
+                    name = "".join(c if c.isalnum() or c in "._=-" else "_" for c in key)
+                    summary = ensemble_verification(runs, scored / f"{name}.csv", scored)
+                except UserError as e:
+                    print(f"{key}: {e}", file=sys.stderr)
+                    continue
             line = {
                 "key": key,
                 "exit": 0,
@@ -372,9 +380,9 @@ def ensembles(args: argparse.Namespace) -> None:
                 "members": seeds,
                 "expand": args.expand,
                 "rerank": args.rerank,
-                "ver_dev_acc": summary["dev_accuracy"],
+                "ver_dev_acc": summary.get("dev_accuracy"),
                 "ver_pair_eer": summary.get("dev_pair_eer"),
-                "member_dev_acc": list(summary["dev_accuracy_runs"].values()),
+                "member_dev_acc": summary.get("dev_accuracy_runs", []),
                 "train_s": sum(r["train_s"] for r in group),
                 "device": group[0]["device"],
             }

@@ -89,10 +89,12 @@ def half_wrong(truth: np.ndarray, names: list[str], half: int) -> np.ndarray:
     return sims
 
 
-def saved_scores(truth: np.ndarray, names: list[str], half: int, scoring: str = "plain cosine") -> IdentityScores:
-    """A run's `verify` output with ``half_wrong`` scores on dev and on test (test faces as the dev faces)."""
-    sims = half_wrong(truth, names, half)
-    return IdentityScores(names, scoring, sims, truth, sims, np.array([str(i) for i in range(len(truth))]))
+def saved_scores(
+    truth: np.ndarray, names: list[str], half: int, ids: list[str], scoring: str = "plain cosine"
+) -> IdentityScores:
+    """A run's `verify` output with ``half_wrong`` scores on dev and on test (whose faces repeat the dev faces')."""
+    test = half_wrong(np.resize(truth, len(ids)), names, half)
+    return IdentityScores(names, scoring, half_wrong(truth, names, half), truth, test, np.array(ids))
 
 
 def test_an_identity_ensemble_fixes_what_each_run_gets_wrong(f23, tmp_path):
@@ -101,15 +103,13 @@ def test_an_identity_ensemble_fixes_what_each_run_gets_wrong(f23, tmp_path):
     truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
     assert "n000000" in truth and len(truth) == len(files)
     ids, _ = verification_ids(layout)
-    test_truth = np.resize(truth, len(ids))  # the test faces: the dev faces again, as many as the test has
+    test_truth = np.resize(truth, len(ids))  # the test faces, as saved_scores makes them
     runs = [fake_run(tmp_path / "runs", name, f23) for name in ("a", "b")]
     for half, run in enumerate(runs):
-        scores = saved_scores(truth, names, half)
-        scores.test, scores.test_ids = half_wrong(test_truth, names, half), np.array(ids)
-        scores.save(tmp_path / "p" / run.name)
+        saved_scores(truth, names, half, ids).save(tmp_path / "p" / run.name)
     out = tmp_path / "ver.csv"
     summary = ensemble_verification(runs, out, tmp_path / "p")
-    assert max(summary["dev_accuracy_runs"].values()) < 0.8
+    assert max(summary["dev_accuracy_runs"]) < 0.8
     assert summary["dev_accuracy"] == 1.0 and 0.1 < summary["threshold"] <= 0.6
     written = pd.read_csv(out, dtype=str)
     assert written["id"].tolist() == ids and written["label"].tolist() == test_truth.tolist()
@@ -119,15 +119,16 @@ def test_verification_ensembles_refuse_what_they_cannot_average(f23, tmp_path, t
     layout = find_layout(f23, "f23")
     names = list_classes(layout.known)
     truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
+    ids, _ = verification_ids(layout)
     runs = [fake_run(tmp_path / "runs", name, f23) for name in ("a", "b", "c")]
-    saved_scores(truth, names, 0).save(tmp_path / "p" / "a")
-    saved_scores(truth, names, 1, "re-ranking k1=10").save(tmp_path / "p" / "b")
+    saved_scores(truth, names, 0, ids).save(tmp_path / "p" / "a")
+    saved_scores(truth, names, 1, ids, "re-ranking k1=10").save(tmp_path / "p" / "b")
     out = tmp_path / "ver.csv"
     with pytest.raises(UserError, match="re-ranking k1=10"):
         ensemble_verification(runs[:2], out, tmp_path / "p")
     with pytest.raises(UserError, match="facenext verify"):
         ensemble_verification([runs[0], runs[2]], out, tmp_path / "p")
-    saved_scores(truth[:-1], names, 1).save(tmp_path / "p" / "c")
+    saved_scores(truth[:-1], names, 1, ids).save(tmp_path / "p" / "c")
     with pytest.raises(UserError, match="unknown_dev labels"):
         ensemble_verification([runs[0], runs[2]], out, tmp_path / "p")
     assert not out.exists()
@@ -142,3 +143,57 @@ def test_f26_ensembles_both_tasks_in_one_file_not_with_verification(tmp_path):
     run = fake_run(tmp_path / "runs", "r", data, "f26")
     with pytest.raises(UserError, match="without --verification"):
         ensemble_verification([run], tmp_path / "x.csv", tmp_path / "p")
+
+
+def test_an_identity_ensemble_without_dev_labels_matches_every_test_face(f23, tmp_path):
+    layout = find_layout(f23, "f23")
+    names = list_classes(layout.known)
+    ids, _ = verification_ids(layout)
+    truth = np.resize(np.array(names), len(ids))  # every test face of a known person
+    runs = [fake_run(tmp_path / "runs", name, f23) for name in ("a", "b")]
+    for half, run in enumerate(runs):
+        sims = half_wrong(truth, names, half) - 0.5  # low scores: a tuned threshold could reject them, none is tuned
+        IdentityScores(names, "plain cosine", test=sims, test_ids=np.array(ids)).save(tmp_path / "p" / run.name)
+    summary = ensemble_verification(runs, tmp_path / "ver.csv", tmp_path / "p")
+    assert "dev_accuracy" not in summary
+    assert pd.read_csv(tmp_path / "ver.csv", dtype=str)["label"].tolist() == truth.tolist()
+
+
+def test_verification_ensembles_refuse_runs_of_other_identities_or_without_dev_labels(f23, tmp_path, monkeypatch):
+    layout = find_layout(f23, "f23")
+    names = list_classes(layout.known)
+    truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
+    ids, _ = verification_ids(layout)
+    runs = [fake_run(tmp_path / "runs", name, f23) for name in ("a", "b", "c")]
+    saved_scores(truth, names, 0, ids).save(tmp_path / "p" / "a")
+    other = saved_scores(truth, names, 1, ids)
+    other.names = [*names[1:], names[0]]
+    other.save(tmp_path / "p" / "b")
+    no_labels = saved_scores(truth, names, 1, ids)
+    no_labels.dev = no_labels.dev_truth = None
+    no_labels.save(tmp_path / "p" / "c")
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: submissions/verification_submission.csv
+    assert_user_error(
+        facenext("ensemble", runs[0], runs[1], "--verification", "--predictions", "p"), "known identities"
+    )
+    assert_user_error(facenext("ensemble", runs[0], runs[2], "--verification", "--predictions", "p"), "unknown_dev")
+    assert not (tmp_path / "submissions").exists()
+    assert facenext("ensemble", runs[0], runs[0], "--verification", "--predictions", "p").returncode == 0
+    assert (tmp_path / "submissions" / "verification_submission.csv").is_file()
+
+
+def test_an_s22_pair_ensemble_is_scored_by_roc_auc_under_its_header(tmp_path):
+    from facenext.combined import save_pair_scores
+
+    data = tmp_path / "data"
+    write_sample_competition(data, "s22", identities=4, images_per_identity=6, size=16)
+    layout = find_layout(data, "s22")
+    labels = pd.read_csv(layout.val_pairs)["gt"].astype(int).to_numpy()
+    tests = len(pd.read_csv(layout.test_pairs))
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path / "runs", name, data, "s22") for name in ("a", "b")]
+    for run in runs:
+        save_pair_scores(tmp_path / "p" / run.name, labels + rng.normal(size=len(labels)), labels, np.zeros(tests), "x")
+    summary = ensemble_verification(runs, tmp_path / "pairs.csv", tmp_path / "p")
+    assert summary["dev_score"] == summary["dev_auc"] and 0.5 < summary["dev_auc"] <= 1
+    assert list(pd.read_csv(tmp_path / "pairs.csv").columns) == ["id", "match"]

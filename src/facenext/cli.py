@@ -72,7 +72,10 @@ def _ensemble(args: argparse.Namespace) -> None:
 
     if args.verification:
         if args.weights != "equal" or args.fit_limit or args.format:
-            raise UserError("--verification averages scores with equal weights: drop --weights, --fit-limit, --format")
+            raise UserError(
+                "--verification averages scores with equal weights: drop --weights, --fit-limit and --format "
+                "(make: WEIGHTS, FIT_LIMIT)"
+            )
         ensemble_verification(
             args.runs, args.out or "submissions/verification_submission.csv", args.predictions, args.data
         )
@@ -230,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verification",
         action="store_true",
-        help="average the runs' `verify` scores into the verification competition's submission (F22 to S26)",
+        help="average the runs' `verify` scores into the verification submission (every term but F26)",
     )
     p.add_argument(
         "--out", help="default submissions/submission.csv (--verification: submissions/verification_submission.csv)"

@@ -6,11 +6,12 @@ really help. Pair scoring (F24 to S26): the runs' pair scores are averaged. The 
 file. The models together must fit the term's parameter limit; ``fit_limit`` picks the subset of runs with the best
 cross-validated dev score (the term's own metric) that fits. ``ensemble_verification`` writes a term's verification
 submission from the runs' saved ``verify`` scores: identity matching (F22 to S24; the similarities averaged, the
-threshold tuned again on dev) or pairs (S22 to S26).
+threshold tuned again on dev) or pairs (S22, F24 to S26).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .verification.identity import (
     tuned_accuracy,
     write_identity_submission,
 )
+from .verification.metrics import roc
 from .verification.pairs import write_pair_submission
 from .verification.similarity import PLAIN
 
@@ -140,6 +142,8 @@ def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
         if part is None:
             raise UserError(f"{folder} has no pair scores: run `facenext verify {name} --out {folder}` first")
         parts.append(part)
+    if all("test_scores" not in p for p in parts):
+        raise UserError("the runs have no test pair scores: verify them where the competition's test pairs are")
     for key in ("val_labels", "test_scores"):
         if any(key not in p or len(p[key]) != len(parts[0].get(key, [])) for p in parts):
             raise UserError(f"the runs' pair scores differ in {key}: verify every run on the same competition")
@@ -154,8 +158,6 @@ def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
 
 
 def _eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    from .verification.metrics import roc
-
     return roc(scores, labels).eer if len(set(labels.tolist())) == 2 else float("nan")
 
 
@@ -374,7 +376,13 @@ def _identity_part(folders: list[Path], names: list[str]) -> list[IdentityScores
         parts.append(part)
     first = parts[0]
     for name, part in zip(names[1:], parts[1:], strict=True):
-        for key, what in (("names", "known identities"), ("dev_truth", "unknown_dev labels"), ("test_ids", "test ids")):
+        for key, what in (
+            ("names", "known identities"),
+            ("dev_files", "unknown_dev images"),
+            ("dev_truth", "unknown_dev labels"),
+            ("test_ids", "test ids"),
+            ("test_files", "unknown_test images"),
+        ):
             a, b = getattr(first, key), getattr(part, key)
             if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
                 raise UserError(
@@ -382,7 +390,10 @@ def _identity_part(folders: list[Path], names: list[str]) -> list[IdentityScores
                 )
     same_scoring([p.scoring for p in parts], "identity")
     if first.test is None:
-        raise UserError(f"{folders[0]} holds no unknown_test scores: verify the runs where the test images are")
+        raise UserError(
+            f"{folders[0]} holds no unknown_test scores: verify the runs with `facenext verify RUN --data DIR`, DIR "
+            "holding the competition's unknown_test/ images"
+        )
     return parts
 
 
@@ -391,12 +402,12 @@ def _ensemble_identities(folders: list[Path], names: list[str], layout: Layout, 
     parts = _identity_part(folders, names)
     first, summary = parts[0], {"scoring": parts[0].scoring}
     threshold = NO_THRESHOLD
-    if first.dev is not None:
+    if first.dev is None:
+        print("no unknown_dev labels: no threshold tuned, every test image gets its best-matching identity")
+    else:
         no_match = layout.term.no_match
-        summary["dev_accuracy_runs"] = {
-            n: tuned_accuracy(p.dev, first.dev_truth, first.names, no_match) for n, p in zip(names, parts, strict=True)
-        }
-        alone = ", ".join(f"{acc:.4f}" for acc in summary["dev_accuracy_runs"].values())
+        summary["dev_accuracy_runs"] = [tuned_accuracy(p.dev, first.dev_truth, first.names, no_match) for p in parts]
+        alone = ", ".join(f"{acc:.4f}" for acc in summary["dev_accuracy_runs"])
         print(f"the runs alone: verification dev accuracy {alone} ({first.scoring})")
         dev = np.mean([p.dev for p in parts], axis=0)
         found, threshold = evaluate_similarity(dev, first.dev_truth, first.names, layout, None)
@@ -427,14 +438,23 @@ def ensemble_verification(
     folders = [Path(predictions) / Path(r).name for r in runs]
     out = Path(out)
     summary: dict[str, Any] = {"runs": names, "weighting": "equal", "term": layout.term.key, "task": "verification"}
-    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, f"the ensemble of {', '.join(names)}")
+    what = f"the ensemble of {', '.join(names)}"
+    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, what, hint="name fewer runs")
     if layout.term.verification == "identity":
         summary.update(_ensemble_identities(folders, names, layout, out))
     else:
         pairs = _pair_part(folders, names)
         equal = np.full(len(names), 1 / len(names))
-        summary.update(dev_score(layout.family, equal, None, None, pairs))
-        print(f"ensemble dev EER {summary['dev_eer']:.4f} ({len(pairs['val_labels'])} pairs)")
+        val, labels = np.tensordot(equal, pairs["val"], axes=1), pairs["val_labels"]
+        eer = auc = math.nan
+        if len(set(labels.tolist())) == 2:
+            curve = roc(val, labels)
+            eer, auc = curve.eer, curve.auc
+        summary.update(dev_eer=eer, dev_auc=auc, dev_score=layout.family.dev_score(math.nan, eer, auc))
+        print(
+            f"ensemble dev EER {eer:.4f}, AUC {auc:.4f}, dev score ({layout.family.score_name}) "
+            f"{summary['dev_score']:.4f} ({len(pairs['val_labels'])} pairs)"
+        )
         summary.update(write_pair_submission(out, layout, np.tensordot(equal, pairs["test"], axes=1)))
     summary["rows"] = len(pd.read_csv(out, dtype=str))
     write_json(out.with_suffix(".json"), summary)

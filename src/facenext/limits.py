@@ -45,8 +45,11 @@ def runs_behind(file: str | Path, runs_root: str | Path = "runs") -> list[Path]:
     return []
 
 
-def check_limit(runs: list[Path], term: Term, what: str = "the submission") -> int:
-    """The runs' parameters together; a one-line UserError when they exceed the term's limit."""
+FIT_HINT = "`facenext ensemble --fit-limit` picks the best subset that fits"
+
+
+def check_limit(runs: list[Path], term: Term, what: str = "the submission", hint: str = FIT_HINT) -> int:
+    """The runs' parameters together; a one-line UserError (ending in ``hint``) when they exceed the term's limit."""
     found = {Path(r).name: run_parameters(r) for r in runs}
     unknown = [name for name, n in found.items() if n is None]
     if unknown and term.param_limit is not None:
@@ -58,8 +61,7 @@ def check_limit(runs: list[Path], term: Term, what: str = "the submission") -> i
         each = ", ".join(f"{name} {n / 1e6:.2f} M" for name, n in counts.items())
         raise UserError(
             f"{what} comes from {len(counts)} model(s) with {total / 1e6:.2f} M parameters together ({each}), over the "
-            f"{term.key.upper()} limit of {limit / 1e6:g} M for all models of a submission: drop runs "
-            "(`facenext ensemble --fit-limit` picks the best subset that fits)"
+            f"{term.key.upper()} limit of {limit / 1e6:g} M for all models of a submission: drop runs ({hint})"
         )
     return total
 

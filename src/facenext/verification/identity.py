@@ -34,12 +34,15 @@ class IdentityScores:
     dev_truth: np.ndarray | None = None
     test: np.ndarray | None = None
     test_ids: np.ndarray | None = None
+    dev_files: np.ndarray | None = None  # the images behind the rows, so that runs of other downloads are refused
+    test_files: np.ndarray | None = None
 
     FILE = "identity_scores.npz"
+    OPTIONAL = ("dev", "dev_truth", "test", "test_ids", "dev_files", "test_files")
 
     def save(self, folder: Path) -> None:
         arrays = {"names": np.array(self.names), "scoring": np.array(self.scoring)}
-        for key in ("dev", "dev_truth", "test", "test_ids"):
+        for key in self.OPTIONAL:
             value = getattr(self, key)
             if value is not None:
                 arrays[key] = value.astype(np.float32) if key in ("dev", "test") else value.astype(str)
@@ -52,7 +55,7 @@ class IdentityScores:
             return None
         with np.load(path, allow_pickle=False) as data:
             found = {k: data[k] for k in data.files}
-        fields = {k: found.get(k) for k in ("dev", "dev_truth", "test", "test_ids")}
+        fields = {k: found.get(k) for k in cls.OPTIONAL}
         return cls(found["names"].tolist(), str(found["scoring"]), **fields)
 
 
@@ -175,7 +178,7 @@ def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, scoring:
     threshold, saved = NO_THRESHOLD, IdentityScores(names, scoring.describe())
     if layout.ver_dev_labels is not None:
         files = list_images(layout.unknown_dev)
-        saved.dev_truth = dev_truth(layout, files)
+        saved.dev_truth, saved.dev_files = dev_truth(layout, files), np.array(files)
         saved.dev = match_similarity(
             gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in files]), scoring
         )
@@ -183,7 +186,7 @@ def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, scoring:
         summary.update(dev)
     if layout.unknown_test is not None:
         ids, files = verification_ids(layout)
-        saved.test_ids = np.array(ids)
+        saved.test_ids, saved.test_files = np.array(ids), np.array(files)
         saved.test = match_similarity(
             gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), scoring
         )
