@@ -121,6 +121,7 @@ _ROUND3: dict[str, list[str]] = {
     "drop path 0": ["model.drop_path_rate=0.0"],
     "lr 1e-3": ["train.lr=1e-3"],
     "lr 6e-3": ["train.lr=6e-3"],
+    "erasing (p 0.3)": ["data.erase=0.3"],
 }
 ROUND3 = {name: [*AROUND, *overrides] for name, overrides in _ROUND3.items()}
 # The sample's verification goal (0.85 known/unknown accuracy): ArcFace with more epochs, pixels and width.

@@ -22,6 +22,7 @@ from facenext.data.layout import find_layout, list_classes, list_images, read_la
 from facenext.data.sample import write_sample_competition
 from facenext.data.transforms import BatchToModel, FaceAugment, _about_centre, colour_matrix, train_transform
 from facenext.engine.train import load_data
+from facenext.errors import UserError
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN
 
@@ -261,6 +262,25 @@ def test_erasing_fills_with_the_mean_colour():
         erased += patch.sum() >= 0.04 * 32 * 32  # a box of 5-10 % of the image, not a stray grey edge pixel
         assert patch.sum() <= 0.1 * 32 * 32 + 12
     assert 2 <= erased <= 12  # p=0.3 of 20
+
+
+@pytest.mark.parametrize(
+    ("preset", "erase", "expected"), [("light", None, (0, 0)), ("light", 1.0, (20, 20)), ("seed", 0.0, (0, 0))]
+)
+def test_data_erase_sets_the_chance_of_an_erased_box_whatever_the_preset(preset, erase, expected):
+    white = np.full((32, 32, 3), 255, np.uint8)
+    transform = train_transform(preset, 32, MEAN, erase=erase)
+    fill = np.array([round(255 * m) for m in MEAN], np.uint8)
+    erased = 0
+    for seed in range(20):
+        transform.set_random_seed(seed)
+        erased += (transform(image=white)["image"] == fill).all(axis=2).sum() >= 0.04 * 32 * 32
+    assert expected[0] <= erased <= expected[1]
+
+
+def test_data_erase_outside_0_to_1_is_refused():
+    with pytest.raises(UserError, match="between 0 and 1"):
+        train_transform("light", 32, MEAN, erase=1.5)
 
 
 def test_colour_matrix_is_torchvisions_jitter_in_any_order():

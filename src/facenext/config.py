@@ -25,6 +25,9 @@ class DataConfig:
     term: str = "auto"  # competition term (f23, f24, ...) or auto-detect from the folder layout
     image_size: int = 112  # training and inference resolution
     augment: str = "seed"  # augmentation preset: seed, randaug, light or none
+    # Probability of erasing one box (5-10% of the image) with the mean colour; unset: the preset's (0.3 for seed and
+    # randaug, none for light and none)
+    erase: float | None = None
     # Where the seed and light presets' colour, warp and erasing run: cpu (the workers), gpu (batched on the training
     # device; workers only decode) or auto (gpu on CUDA when augmenting is at least a fifth of a worker's time).
     augment_device: str = "auto"

@@ -19,9 +19,12 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 PRESETS = ("seed", "randaug", "light", "none")
 # Presets whose augmentation can also run batched on the training device (``data.augment_device``).
 DEVICE_PRESETS = ("seed", "light")
+PRESET_ERASE = {"seed": 0.3, "randaug": 0.3}  # each preset's chance of an erased box (data.erase overrides it)
 
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale (used by its saturation and contrast adjustments).
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -235,21 +238,26 @@ def erase_fill(mean: Sequence[float]) -> tuple[int, ...]:
     return tuple(int(round(255 * m)) for m in mean)
 
 
-def train_transform(preset: str, size: int, mean: Sequence[float], on_device: bool = False) -> A.Compose:
+def train_transform(
+    preset: str, size: int, mean: Sequence[float], on_device: bool = False, erase: float | None = None
+) -> A.Compose:
     """Resize first (augmenting fewer pixels is cheaper), augment, then erase with the mean colour.
 
     ``on_device`` (``DEVICE_PRESETS`` only): the same pipeline with the same random draws, but the colour matrix,
     the warp and the erasing are only drawn, not applied (``DeferredFaceAugment``, ``DeferredErasing``); workers
-    then only decode and resize.
+    then only decode and resize. ``erase``: the probability of erasing a box (``data.erase``; None: the preset's).
     """
     if on_device and preset not in DEVICE_PRESETS:
         raise ValueError(f"augmentation preset {preset!r} runs on the CPU only; on the device: {DEVICE_PRESETS}")
-    erase = []
-    if preset in ("seed", "randaug"):
-        erasing = DeferredErasing if on_device else A.Erasing
-        erase = [erasing(scale=(0.05, 0.1), fill=erase_fill(mean), p=0.3)]
+    erase_p = PRESET_ERASE.get(preset, 0.0) if erase is None else erase
+    if not 0.0 <= erase_p <= 1.0:
+        raise UserError(f"data.erase={erase}: give the probability of erasing a box, between 0 and 1")
+    erasing = []
+    if erase_p > 0:
+        step = DeferredErasing if on_device else A.Erasing
+        erasing = [step(scale=(0.05, 0.1), fill=erase_fill(mean), p=erase_p)]
     augment = _augmentations(preset, deferred=on_device)
-    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), *augment, *erase])
+    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), *augment, *erasing])
 
 
 def eval_transform(size: int) -> A.Compose:

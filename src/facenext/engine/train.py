@@ -151,7 +151,7 @@ def load_data(config: Config, device: torch.device | None = None) -> Data:
     try:
         on = device or torch.device("cpu")
         where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean)
-        train_tf = train_transform(d.augment, size, d.mean, on_device=where == "gpu")
+        train_tf = train_transform(d.augment, size, d.mean, on_device=where == "gpu", erase=d.erase)
     except ValueError as e:
         raise UserError(f"{e} (data.augment, data.augment_device)") from None
     train = (DeviceAugmentImages if where == "gpu" else FaceImages)(paths, labels, train_tf, size)
