@@ -20,12 +20,12 @@ from .test_engine import assert_same_tensors, train_args
 SIZE = 56
 
 
-def datasets(sample, preset):
+def datasets(sample, preset, erase=None):
     layout = find_layout(sample, "auto")
     paths, labels = image_folder(layout.train, list_classes(layout.train))
-    cpu = FaceImages(paths, labels, train_transform(preset, SIZE, FACE_MEAN), SIZE)
-    device = DeviceAugmentImages(paths, labels, train_transform(preset, SIZE, FACE_MEAN, on_device=True), SIZE)
-    return cpu, device
+    cpu = FaceImages(paths, labels, train_transform(preset, SIZE, FACE_MEAN, erase=erase), SIZE)
+    on_device = train_transform(preset, SIZE, FACE_MEAN, on_device=True, erase=erase)
+    return cpu, DeviceAugmentImages(paths, labels, on_device, SIZE)
 
 
 def batch(dataset, keys):
@@ -33,9 +33,10 @@ def batch(dataset, keys):
     return torch.stack([image for image, _ in items]), torch.stack([params for _, params in items])
 
 
-@pytest.mark.parametrize("preset", ["seed", "light"])
-def test_device_path_draws_the_cpu_parameters_and_gives_its_images(sample, preset):
-    cpu, device = datasets(sample, preset)
+@pytest.mark.parametrize(("preset", "erase"), [("seed", None), ("light", None), ("light", 0.5)])
+def test_device_path_draws_the_cpu_parameters_and_gives_its_images(sample, preset, erase):
+    cpu, device = datasets(sample, preset, erase)
+    erases = preset == "seed" or bool(erase)
     keys = [(3, 1, i) for i in range(48)]
     images, params = batch(device, keys)
     assert images.dtype == torch.uint8 and images.shape == (48, SIZE, SIZE, 3)  # decoded and resized only
@@ -47,10 +48,11 @@ def test_device_path_draws_the_cpu_parameters_and_gives_its_images(sample, prese
         if augment.params:
             assert np.allclose(drawn[:3].numpy(), augment.params["factors"])
             assert np.allclose(drawn[3:12].numpy(), augment.params["matrix"].ravel())
-        if preset == "seed" and erasing.params and len(erasing.params["holes"]):
+        if erases and erasing.params and len(erasing.params["holes"]):
             assert drawn[12:16].tolist() == erasing.params["holes"][0].tolist()
     if preset == "seed":  # the sample exercises every step: perspective and erasing on some images
-        assert (params[:, 9:11].abs().sum(1) > 0).any() and (params[:, 14] > params[:, 12]).any()
+        assert (params[:, 9:11].abs().sum(1) > 0).any()
+    assert (params[:, 14] > params[:, 12]).any() == erases
     to_model = DeviceAugment(FACE_MEAN, FACE_STD, "cpu", channels_last=True)
     out = to_model.augment(images, params).permute(0, 2, 3, 1)
     error = (out - torch.stack(reference).float()).abs()
