@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -332,10 +333,17 @@ def reverify(args: argparse.Namespace) -> None:
         print(r["key"], {k: v for k, v in r.items() if "_qe" in k or "_rr" in k}, flush=True)
 
 
+def ensemble_groups(runs: list[dict], size: int, every: bool) -> list[list[dict]]:
+    """Groups of ``size`` runs (seed order): disjoint ones (no run in two groups), or ``every`` combination."""
+    if every:
+        return [list(group) for group in itertools.combinations(runs, size)]
+    return [runs[at : at + size] for at in range(0, len(runs) - size + 1, size)]
+
+
 def ensembles(args: argparse.Namespace) -> None:
-    """Verification ensembles of a grid's finished trials: the trials of each variant, in seed order, taken in
-    disjoint groups of ``--size`` (no run in two groups), each run verified with ``--expand``/``--rerank`` and the
-    group averaged by ``facenext ensemble --verification``; one JSON line per group, appended to --out."""
+    """Verification ensembles of a grid's finished trials: each variant's runs, verified once with
+    ``--expand``/``--rerank``, averaged by ``facenext ensemble --verification`` in groups of ``--size`` (disjoint,
+    or with ``--all`` every combination); one JSON line per group, appended to --out."""
     from facenext.cli import main as facenext
     from facenext.ensemble import ensemble_verification
     from facenext.errors import UserError
@@ -347,46 +355,39 @@ def ensembles(args: argparse.Namespace) -> None:
     by_variant: dict[tuple, list[dict]] = defaultdict(list)
     for r in trials:
         by_variant[(r["dataset"], r["split"], r["variant"])].append(r)
-    done = done_keys(Path(args.out))
+    done, verified = done_keys(Path(args.out)), set()
+    flags = ["--expand", str(args.expand), "--rerank", str(args.rerank)]
     for (data, split, variant), rs in by_variant.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         if len(rs) < args.size:
             print(f"{args.grid} {data} {split} {variant}: {len(rs)} run(s), fewer than --size {args.size}", flush=True)
-        for at in range(0, len(rs) - args.size + 1, args.size):
-            group = rs[at : at + args.size]
+        for group in ensemble_groups(rs, args.size, args.all):
             seeds = [r["seed"] for r in group]
-            key = f"ensemble|{args.grid}|{data}|{split}|{variant}|{seeds}|{setting}"
+            key = f"ensemble|{args.grid}|{data}|{split}|{variant}|{seeds}|{setting}" + ("|all" if args.all else "")
             if key in done:
                 continue
             runs = [Path(args.work) / "runs" / run_name(r) for r in group]
-            flags = ["--expand", str(args.expand), "--rerank", str(args.rerank)]
             with open(scored.parent / "log.txt", "a") as log, contextlib.redirect_stdout(log):
-                codes = [facenext(["verify", str(run), "--out", str(scored / run.name), *flags]) for run in runs]
-                if any(codes):
-                    print(f"{key}: verify failed ({codes})", file=sys.stderr)
-                    continue
+                for run in (r for r in runs if r not in verified):
+                    if facenext(["verify", str(run), "--out", str(scored / run.name), *flags]) == 0:
+                        verified.add(run)
                 try:
                     name = "".join(c if c.isalnum() or c in "._=-" else "_" for c in key)
                     summary = ensemble_verification(runs, scored / f"{name}.csv", scored)
-                except UserError as e:
+                except UserError as e:  # a member whose verify failed has no scores: named here
                     print(f"{key}: {e}", file=sys.stderr)
                     continue
-            line = {
-                "key": key,
-                "exit": 0,
-                "grid": args.grid,
-                "dataset": data,
-                "split": split,
-                "variant": variant,
-                "members": seeds,
-                "expand": args.expand,
-                "rerank": args.rerank,
-                "ver_dev_acc": summary.get("dev_accuracy"),
-                "ver_pair_eer": summary.get("dev_pair_eer"),
-                "member_dev_acc": summary.get("dev_accuracy_runs", []),
-                "train_s": sum(r["train_s"] for r in group),
-                "device": group[0]["device"],
-            }
+            line = dict(key=key, exit=0, grid=args.grid, dataset=data, split=split, variant=variant, members=seeds)
+            line.update(
+                every=args.all,
+                expand=args.expand,
+                rerank=args.rerank,
+                ver_dev_acc=summary.get("dev_accuracy"),
+                ver_pair_eer=summary.get("dev_pair_eer"),
+                member_dev_acc=summary.get("dev_accuracy_runs", []),
+                train_s=sum(r["train_s"] for r in group),
+                device=group[0]["device"],
+            )
             with Path(args.out).open("a") as f:
                 f.write(json.dumps(line) + "\n")
             print(f"{variant} seeds {seeds}: {line['ver_dev_acc']:.3f} (members {line['member_dev_acc']})", flush=True)
@@ -505,13 +506,14 @@ def ensemble_table(rows: list[dict]) -> str:
     """Verification ensembles: each (variant, size, scoring) row over its disjoint groups, beside their members."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["grid"], r["dataset"], r["variant"], len(r["members"]), r["expand"], r["rerank"])].append(r)
+        kind = "every combination" if r.get("every") else "disjoint"
+        groups[(r["grid"], r["dataset"], r["variant"], len(r["members"]), r["expand"], r["rerank"], kind)].append(r)
     head = "| variant | runs per ensemble | scoring | ensembles | known/unknown accuracy | its runs alone | pair EER |"
     lines = ["### verification ensembles", "", head + " train time |", "|" + "---|" * (head.count(" |") + 1)]
-    for (grid, data, variant, size, expand, rerank), rs in sorted(groups.items()):
+    for (grid, data, variant, size, expand, rerank, kind), rs in sorted(groups.items()):
         scoring = ", ".join([f"expansion k={expand}"] * bool(expand) + [f"re-ranking k1={rerank}"] * bool(rerank))
         members = [a for r in rs for a in r["member_dev_acc"]]
-        cells = [f"{grid}: {data}, {variant}", str(size), scoring or "plain cosine", str(len(rs))]
+        cells = [f"{grid}: {data}, {variant}", str(size), scoring or "plain cosine", f"{len(rs)} ({kind})"]
         cells += [mean_sd([r["ver_dev_acc"] for r in rs]), mean_sd(members), mean_sd([r["ver_pair_eer"] for r in rs])]
         cells.append(f"{np.mean([r['train_s'] for r in rs]):.0f} s ({short_device(rs[0]['device'])}, all runs)")
         lines.append("| " + " | ".join(cells) + " |")
@@ -544,6 +546,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("ensembles", help="verification ensembles of a grid's trials, in disjoint groups")
     p.add_argument("--grid", default="headline_ver", choices=sorted(GRIDS))
     p.add_argument("--size", type=int, default=2, help="runs per ensemble")
+    p.add_argument("--all", action="store_true", help="every combination of --size runs, not disjoint groups")
     p.add_argument("--expand", type=int, default=0)
     p.add_argument("--rerank", type=int, default=10)
     p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
