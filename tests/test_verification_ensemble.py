@@ -115,12 +115,16 @@ def test_an_identity_ensemble_fixes_what_each_run_gets_wrong(f23, tmp_path):
     assert written["id"].tolist() == ids and written["label"].tolist() == test_truth.tolist()
 
 
-def test_verification_ensembles_refuse_what_they_cannot_average(f23, tmp_path, trained_run):
-    layout = find_layout(f23, "f23")
-    names = list_classes(layout.known)
+def three_runs(data: Path, tmp_path: Path) -> tuple[list[str], np.ndarray, list[str], list[Path]]:
+    """The F23 competition's known identities, unknown_dev labels and test ids, and three run folders on it."""
+    layout = find_layout(data, "f23")
     truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
-    ids, _ = verification_ids(layout)
-    runs = [fake_run(tmp_path / "runs", name, f23) for name in ("a", "b", "c")]
+    runs = [fake_run(tmp_path / "runs", name, data) for name in ("a", "b", "c")]
+    return list_classes(layout.known), truth, verification_ids(layout)[0], runs
+
+
+def test_verification_ensembles_refuse_what_they_cannot_average(f23, tmp_path):
+    names, truth, ids, runs = three_runs(f23, tmp_path)
     saved_scores(truth, names, 0, ids).save(tmp_path / "p" / "a")
     saved_scores(truth, names, 1, ids, "re-ranking k1=10").save(tmp_path / "p" / "b")
     out = tmp_path / "ver.csv"
@@ -132,7 +136,7 @@ def test_verification_ensembles_refuse_what_they_cannot_average(f23, tmp_path, t
     with pytest.raises(UserError, match="unknown_dev labels"):
         ensemble_verification([runs[0], runs[2]], out, tmp_path / "p")
     assert not out.exists()
-    fitted = facenext("ensemble", trained_run, "--verification", "--weights", "fit", "--out", out)
+    fitted = facenext("ensemble", runs[0], "--verification", "--weights", "fit", "--out", out)
     assert_user_error(fitted, "equal weights")
     assert not out.exists()
 
@@ -160,11 +164,7 @@ def test_an_identity_ensemble_without_dev_labels_matches_every_test_face(f23, tm
 
 
 def test_verification_ensembles_refuse_runs_of_other_identities_or_without_dev_labels(f23, tmp_path, monkeypatch):
-    layout = find_layout(f23, "f23")
-    names = list_classes(layout.known)
-    truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].to_numpy()
-    ids, _ = verification_ids(layout)
-    runs = [fake_run(tmp_path / "runs", name, f23) for name in ("a", "b", "c")]
+    names, truth, ids, runs = three_runs(f23, tmp_path)
     saved_scores(truth, names, 0, ids).save(tmp_path / "p" / "a")
     other = saved_scores(truth, names, 1, ids)
     other.names = [*names[1:], names[0]]
