@@ -333,6 +333,9 @@ def reverify(args: argparse.Namespace) -> None:
         print(r["key"], {k: v for k, v in r.items() if "_qe" in k or "_rr" in k}, flush=True)
 
 
+SUBMISSION = "verification_submission.csv"  # what `verify` writes for a run
+
+
 def ensemble_groups(runs: list[dict], size: int, every: bool) -> list[list[dict]]:
     """Groups of ``size`` runs (seed order): disjoint ones (no run in two groups), or ``every`` combination."""
     if every:
@@ -345,6 +348,7 @@ def ensembles(args: argparse.Namespace) -> None:
     ``--expand``/``--rerank``, averaged by ``facenext ensemble --verification`` in groups of ``--size`` (disjoint,
     or with ``--all`` every combination); one JSON line per group, appended to --out."""
     from facenext.cli import main as facenext
+    from facenext.demo import score_against_answers
     from facenext.ensemble import ensemble_verification
     from facenext.errors import UserError
 
@@ -359,6 +363,7 @@ def ensembles(args: argparse.Namespace) -> None:
     flags = ["--expand", str(args.expand), "--rerank", str(args.rerank)]
     for (data, split, variant), rs in by_variant.items():
         rs = sorted(rs, key=lambda r: r["seed"])
+        answers = dataset(Path(args.work), data, split) / "answers" / "verification_test.csv"
         if len(rs) < args.size:
             print(f"{args.grid} {data} {split} {variant}: {len(rs)} run(s), fewer than --size {args.size}", flush=True)
         for group in ensemble_groups(rs, args.size, args.all):
@@ -371,8 +376,8 @@ def ensembles(args: argparse.Namespace) -> None:
                 for run in (r for r in runs if r not in verified):
                     if facenext(["verify", str(run), "--out", str(scored / run.name), *flags]) == 0:
                         verified.add(run)
+                name = "".join(c if c.isalnum() or c in "._=-" else "_" for c in key)
                 try:
-                    name = "".join(c if c.isalnum() or c in "._=-" else "_" for c in key)
                     summary = ensemble_verification(runs, scored / f"{name}.csv", scored)
                 except UserError as e:  # a member whose verify failed has no scores: named here
                     print(f"{key}: {e}", file=sys.stderr)
@@ -385,6 +390,9 @@ def ensembles(args: argparse.Namespace) -> None:
                 ver_dev_acc=summary.get("dev_accuracy"),
                 ver_pair_eer=summary.get("dev_pair_eer"),
                 member_dev_acc=summary.get("dev_accuracy_runs", []),
+                # the sample's answer key: test accuracy, on images nothing was chosen on (None without a key)
+                ver_test_acc=score_against_answers(scored / f"{name}.csv", answers),
+                member_test_acc=[score_against_answers(scored / r.name / SUBMISSION, answers) for r in runs],
                 train_s=sum(r["train_s"] for r in group),
                 device=group[0]["device"],
             )
@@ -509,12 +517,15 @@ def ensemble_table(rows: list[dict]) -> str:
         kind = "every combination" if r.get("every") else "disjoint"
         groups[(r["grid"], r["dataset"], r["variant"], len(r["members"]), r["expand"], r["rerank"], kind)].append(r)
     head = "| variant | runs per ensemble | scoring | ensembles | known/unknown accuracy | its runs alone | pair EER |"
+    head += " test accuracy | its runs alone (test) |"
     lines = ["### verification ensembles", "", head + " train time |", "|" + "---|" * (head.count(" |") + 1)]
     for (grid, data, variant, size, expand, rerank, kind), rs in sorted(groups.items()):
         scoring = ", ".join([f"expansion k={expand}"] * bool(expand) + [f"re-ranking k1={rerank}"] * bool(rerank))
         members = [a for r in rs for a in r["member_dev_acc"]]
         cells = [f"{grid}: {data}, {variant}", str(size), scoring or "plain cosine", f"{len(rs)} ({kind})"]
         cells += [mean_sd([r["ver_dev_acc"] for r in rs]), mean_sd(members), mean_sd([r["ver_pair_eer"] for r in rs])]
+        tests = [a for r in rs for a in r.get("member_test_acc", [])]
+        cells += [mean_sd([r.get("ver_test_acc") for r in rs]), mean_sd(tests)]
         cells.append(f"{np.mean([r['train_s'] for r in rs]):.0f} s ({short_device(rs[0]['device'])}, all runs)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
