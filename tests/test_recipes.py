@@ -49,3 +49,11 @@ def test_a_two_stage_trial_shares_the_first_stage_overrides(recipes):
     assert recipes.split_stages(["a=1"]) == [["a=1"]]
     trials = recipes.plan_trials("losses", recipes.LOSSES, ("sample", "orlver"), "selection")
     assert len(trials) == len(recipes.LOSSES) * 2 * 3 and len({recipes.trial_key(t) for t in trials}) == len(trials)
+
+
+def test_verification_ensembles_group_runs_disjointly_or_in_every_combination(recipes):
+    runs = [{"seed": s} for s in range(9)]
+    disjoint = recipes.ensemble_groups(runs, 2, every=False)
+    assert [[r["seed"] for r in g] for g in disjoint] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # no run twice
+    assert len(recipes.ensemble_groups(runs, 3, every=True)) == 84  # 9 choose 3
+    assert recipes.ensemble_groups(runs[:1], 2, every=False) == []
