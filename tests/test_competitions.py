@@ -197,6 +197,8 @@ def test_combined_score_against_a_hand_computation():
     assert found["dev_score"] == pytest.approx(0.5 * 0.6 + 0.5 * (1 - 1 / 3))
     s26 = dev_score(family_of(get_term("s26")), np.ones(1), None, None, pairs)
     assert s26["dev_score"] == pytest.approx(2 / 3)  # pair terms rank by 1 - EER
+    s22 = dev_score(family_of(get_term("s22")), np.ones(1), None, None, pairs)
+    assert s22["dev_score"] == pytest.approx(s22["dev_auc"]) and s26["dev_auc"] == s22["dev_auc"] != 2 / 3  # S22: AUC
 
 
 def test_f26_without_a_sample_submission_needs_a_named_format(tmp_path):

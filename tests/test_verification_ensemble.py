@@ -50,9 +50,9 @@ def test_a_pair_ensemble_of_one_run_twice_is_that_run(f24_run, tmp_path):
     assert main([*args, "--out", str(out)]) == 0
     frame, alone = pd.read_csv(out), pd.read_csv(single / "verification_submission.csv")
     assert list(frame.columns) == ["ID", "Label"] and np.allclose(frame["Label"], alone["Label"], atol=1e-6)
-    assert json.loads(out.with_suffix(".json").read_text())["dev_eer"] == pytest.approx(
-        json.loads((single / "verify.json").read_text())["dev_eer"], abs=1e-6
-    )
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["dev_eer"] == pytest.approx(json.loads((single / "verify.json").read_text())["dev_eer"], abs=1e-6)
+    assert summary["dev_score"] == pytest.approx(1 - summary["dev_eer"])  # F24 ranks by EER, not by the AUC beside it
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -157,8 +157,11 @@ def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:
     }
 
 
-def _eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    return roc(scores, labels).eer if len(set(labels.tolist())) == 2 else float("nan")
+def _eer_auc(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    if len(set(labels.tolist())) < 2:
+        return math.nan, math.nan
+    curve = roc(scores, labels)
+    return curve.eer, curve.auc
 
 
 def dev_score(
@@ -173,8 +176,8 @@ def dev_score(
     if dev_probs is not None:
         found["dev_acc"] = float((_mix(dev_probs, weights).argmax(1) == labels).mean())
     if pairs is not None:
-        found["dev_eer"] = _eer(np.tensordot(weights, pairs["val"], axes=1), pairs["val_labels"])
-    found["dev_score"] = family.dev_score(found.get("dev_acc", float("nan")), found.get("dev_eer"))
+        found["dev_eer"], found["dev_auc"] = _eer_auc(np.tensordot(weights, pairs["val"], axes=1), pairs["val_labels"])
+    found["dev_score"] = family.dev_score(found.get("dev_acc", math.nan), found.get("dev_eer"), found.get("dev_auc"))
     return found
 
 
@@ -331,7 +334,7 @@ def ensemble(
         summary.update(dev_score(family, pair_w, None, None, pairs))
         if dev_probs is not None:
             summary["dev_acc"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
-            summary["dev_score"] = family.dev_score(summary["dev_acc"], summary["dev_eer"])
+            summary["dev_score"] = family.dev_score(summary["dev_acc"], summary["dev_eer"], summary["dev_auc"])
         print(f"ensemble dev EER {summary['dev_eer']:.4f}, dev score ({family.score_name}) {summary['dev_score']:.4f}")
     out = Path(out)
     summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt)
@@ -423,7 +426,7 @@ def ensemble_verification(
     """Average the runs' scores for the term's verification competition and write its submission at ``out``.
 
     Identity matching (F22 to S24): the unknown x known similarities are averaged and the no-match threshold is
-    tuned again on dev; pair scoring (S22 to S26): the pair scores are averaged. Each run needs its ``facenext
+    tuned again on dev; pair scoring (S22, F24 to S26): the pair scores are averaged. Each run needs its ``facenext
     verify`` output in ``predictions/<run name>``, every run scored alike (``--expand``, ``--rerank``); the averaged
     scores are only as comparable as the runs' own, so weights are equal. F26 ranks both tasks in one file: its
     ensembles are ``ensemble`` without ``--verification``.
@@ -445,15 +448,10 @@ def ensemble_verification(
     else:
         pairs = _pair_part(folders, names)
         equal = np.full(len(names), 1 / len(names))
-        val, labels = np.tensordot(equal, pairs["val"], axes=1), pairs["val_labels"]
-        eer = auc = math.nan
-        if len(set(labels.tolist())) == 2:
-            curve = roc(val, labels)
-            eer, auc = curve.eer, curve.auc
-        summary.update(dev_eer=eer, dev_auc=auc, dev_score=layout.family.dev_score(math.nan, eer, auc))
+        summary.update(dev_score(layout.family, equal, None, None, pairs))
         print(
-            f"ensemble dev EER {eer:.4f}, AUC {auc:.4f}, dev score ({layout.family.score_name}) "
-            f"{summary['dev_score']:.4f} ({len(pairs['val_labels'])} pairs)"
+            f"ensemble dev EER {summary['dev_eer']:.4f}, AUC {summary['dev_auc']:.4f}, dev score "
+            f"({layout.family.score_name}) {summary['dev_score']:.4f} ({len(pairs['val_labels'])} pairs)"
         )
         summary.update(write_pair_submission(out, layout, np.tensordot(equal, pairs["test"], axes=1)))
     summary["rows"] = len(pd.read_csv(out, dtype=str))

@@ -76,11 +76,8 @@ class TermScorer:
         found = self.pairs.metrics(model, to_model, dtype)
         return {
             "dev_eer": found["dev_eer"],
-            "dev_score": self.family.dev_score(dev_acc, found["dev_eer"], self._auc(found)),
+            "dev_score": self.family.dev_score(dev_acc, found["dev_eer"], found["dev_auc"]),
         }
-
-    def _auc(self, found: dict[str, float]) -> float | None:
-        return found["dev_auc"] if self.name == "dev_auc" else None
 
     def summary(self, history: list[dict[str, Any]], best: float) -> dict[str, Any]:
         """The score's name, the best score and the dev accuracy and EER of the epoch that reached it."""

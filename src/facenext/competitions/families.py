@@ -140,8 +140,7 @@ class PairScoring(Family):
         return ("classification",) if len(term.slugs) > 1 else ("pairs",)
 
     def dev_score(self, dev_acc: float, eer: float | None = None, auc: float | None = None) -> float:
-        value = auc if auc is not None else (1.0 - eer if eer is not None else math.nan)
-        return float(value)
+        return float(1.0 - eer if eer is not None else math.nan)
 
     def write_sample(self, split, out: Path, term: Term, seed: int) -> None:
         from ..data.sample import write_pairs_competition
@@ -153,6 +152,9 @@ class AucPairScoring(PairScoring):
     @property
     def score_name(self) -> str:  # type: ignore[override]
         return "dev_auc"
+
+    def dev_score(self, dev_acc: float, eer: float | None = None, auc: float | None = None) -> float:
+        return float(auc) if auc is not None else super().dev_score(dev_acc, eer)  # 1 - EER where no AUC is given
 
 
 class Combined(PairScoring):

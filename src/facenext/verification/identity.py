@@ -116,6 +116,13 @@ def match_similarity(gallery: np.ndarray, queries: np.ndarray, scoring: Scoring)
     return scoring.block(both, np.arange(len(gallery), len(both)), np.arange(len(gallery)))
 
 
+def split_similarity(
+    cache: EmbeddingCache, gallery: np.ndarray, split: str, folder: Path, files: list[str], scoring: Scoring
+) -> np.ndarray:
+    """Unknown x known similarity of a split's images (``files`` in ``folder``, embeddings cached as ``split``)."""
+    return match_similarity(gallery, cache.get(split, [folder / f for f in files]), scoring)
+
+
 def evaluate_similarity(
     similarity: np.ndarray, truth: np.ndarray, names: list[str], layout: Layout, figures: Path | None
 ) -> tuple[dict[str, Any], float]:
@@ -179,17 +186,13 @@ def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, scoring:
     if layout.ver_dev_labels is not None:
         files = list_images(layout.unknown_dev)
         saved.dev_truth, saved.dev_files = dev_truth(layout, files), np.array(files)
-        saved.dev = match_similarity(
-            gallery, cache.get("unknown_dev", [layout.unknown_dev / f for f in files]), scoring
-        )
+        saved.dev = split_similarity(cache, gallery, "unknown_dev", layout.unknown_dev, files, scoring)
         dev, threshold = evaluate_similarity(saved.dev, saved.dev_truth, names, layout, out)
         summary.update(dev)
     if layout.unknown_test is not None:
         ids, files = verification_ids(layout)
         saved.test_ids, saved.test_files = np.array(ids), np.array(files)
-        saved.test = match_similarity(
-            gallery, cache.get("unknown_test", [layout.unknown_test / f for f in files]), scoring
-        )
+        saved.test = split_similarity(cache, gallery, "unknown_test", layout.unknown_test, files, scoring)
         path = out / "verification_submission.csv"
         summary.update(write_identity_submission(path, layout, ids, saved.test, names, threshold))
     saved.save(out)
