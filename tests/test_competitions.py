@@ -129,11 +129,14 @@ def test_terms_are_told_apart_by_folder_name_without_a_marker(tmp_path):
 
 
 def test_hw2p2_data_alone_names_no_term_and_is_refused_until_one_is_named(tmp_path):
-    current_layout(tmp_path / "data" / "hw2p2_data")
+    import shutil
+
+    # no slug above it, no marker, and no test split (S26 ships test/labels.txt, F26 none): nothing tells them apart
+    shutil.rmtree(current_layout(tmp_path / "data" / "hw2p2_data") / "cls_data" / "test")
     with pytest.raises(AmbiguousData, match=r"terms s26, f26 share.*data\.term"):
         find_layout(tmp_path / "data")
     assert find_layout(tmp_path / "data", "f26").term.key == "f26"
-    assert main(["check-data", str(tmp_path / "data"), "--term", "f26"]) == 0
+    assert main(["check-data", str(tmp_path / "data"), "--term", "s26"]) == 0
 
 
 def test_pair_files_under_cls_data_are_found_and_checked(tmp_path, capsys):

@@ -21,6 +21,9 @@ class Term:
     family: str  # "identity", "pairs" or "combined" (see families.FAMILIES)
     ver_metric: str  # accuracy, auc or eer
     folders: tuple[str, ...] = ()  # folder names the download unpacks to: they identify the term of a found layout
+    # Whether the classification test split ships a labels.txt (S25, F25, S26 yes; F26 no; None: not a clue). It tells
+    # apart terms that unpack to the same folder (S26 and F26: hw2p2_data/) when neither a slug nor a marker does.
+    test_labels: bool | None = None
     eer_in_percent: bool = False  # the leaderboard shows the EER in percent (S26: 3.37 means 0.0337)
     submission_format: str | None = None  # default format name; None: the sample submission or the user decides
     id_digits: int = 6  # zero padding of classification test ids (000000.jpg)
@@ -85,6 +88,7 @@ def _current_term(key: str, title: str, slugs: tuple[str, ...], folder: str, **k
         dev="cls_data/dev",
         test="cls_data/test",
         labels_file="labels.txt",
+        test_labels=True,
         cls_sample=None,
         ver_sample=None,
         no_match=None,
@@ -200,6 +204,7 @@ TERMS: dict[str, Term] = {
             param_limit=30_000_000,
             family="combined",
             submission_format=None,
+            test_labels=False,
         ),
     )
 }

@@ -3,13 +3,17 @@
 A competition is recognised by what its folders hold (``cls_data/train/images`` with ``labels.txt``, identity
 folders, ``known/``, the pair files), wherever the download unpacked it and whatever the folder is called. The
 term is then told apart by, in order: the term the config or command line names, the ``.complete`` marker that
-``facenext download`` and ``sample-data`` write (slug or term), and the folder names the term's zip unpacks to.
+``facenext download`` and ``sample-data`` write (slug or term), a competition's slug anywhere in the folder's path
+(``kaggle competitions download`` + unzip, or Kaggle's ``/kaggle/input/<slug>/``, where no marker of ours exists),
+the folder names the term's zip unpacks to, and whether the test split ships a ``labels.txt`` (S26 does, F26 not).
 Every competition under the data root is listed; more than one (the demo's sample beside a real download
-included) is refused with one line naming them.
+included) is refused with one line naming them. A term that is named keeps only the competitions that nothing
+names as another term.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -163,17 +167,54 @@ class Found:
         return f"{'/'.join(t.key for t in self.terms)} at {self.folder}"
 
 
+def _named_by_slug(folder: Path, terms: list[Term]) -> list[Term]:
+    """The terms whose Kaggle slug is a folder in ``folder``'s path, the nearest slug first: a download unzipped into
+    ``<slug>/``, or Kaggle's ``/kaggle/input/<slug>/``, names its competition even above the data root."""
+    paths = [folder.absolute()]
+    with contextlib.suppress(OSError, RuntimeError):
+        paths.append(folder.resolve())  # a link named after anything, pointing into <slug>/
+    for path in paths:
+        for part in reversed(path.parts):
+            named = [t for t in terms if part in t.slugs]
+            if named:
+                return named
+    return []
+
+
+def _by_test_split(folder: Path, terms: list[Term]) -> list[Term]:
+    """The terms whose test split is what ``folder``'s is: with a ``labels.txt`` (S26) or without (F26)."""
+
+    def fits(term: Term) -> bool:
+        test = folder / term.test if term.test else None
+        if term.test_labels is None or test is None or not test.is_dir():
+            return True  # no test split to look at: it tells nothing
+        return (test / LABELS_FILE).is_file() == term.test_labels
+
+    return [t for t in terms if fits(t)]
+
+
 def _identify(folder: Path, root: Path, terms: list[Term]) -> tuple[Term, ...]:
-    """Narrow the terms whose structure matches ``folder``: by the marker, then by folder names."""
+    """Narrow the terms whose structure matches ``folder``: by the marker, a slug in its path, the folder names the
+    zips unpack to, then the test split."""
     if len(terms) <= 1:
         return tuple(terms)
     marker = read_marker(folder, root)
     by_marker = [t for t in terms if marker.get("term") == t.key or marker.get("slug") in t.slugs]
     if by_marker:
         return tuple(by_marker[:1])
+    by_slug = _named_by_slug(folder, terms)
+    if by_slug:
+        return tuple(by_slug)
     names = {p.name for p in _chain(folder, root)}
-    by_name = [t for t in terms if names & set(t.folders)]
-    return tuple(by_name or terms)
+    by_name = [t for t in terms if names & set(t.folders)] or terms
+    return tuple(_by_test_split(folder, by_name) or by_name)
+
+
+def _terms_of(folder: Path, root: Path) -> tuple[Term, ...]:
+    """The terms ``folder`` could be, among every term whose structure it has."""
+    from ..competitions import TERMS, family_of
+
+    return _identify(folder, root, [t for t in TERMS.values() if family_of(t).matches(folder, t)])
 
 
 def find_competitions(root: Path, terms: list[Term]) -> list[Found]:
@@ -211,6 +252,8 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
     except KeyError as e:
         raise UserError(f"{e.args[0]} (config key data.term)") from None
     found = find_competitions(root, wanted)
+    if len(found) > 1 and len(wanted) == 1:  # a competition its marker, path or test split names as another term
+        found = [f for f in found if wanted[0] in _terms_of(f.folder, root)] or found  # is not the one named
     if not found:
         expected = "; ".join(f"{t.key}: {family_of(t).describe(t)}" for t in wanted)
         raise UserError(f"no competition found under {root}: expected one of these layouts ({expected})")
@@ -220,8 +263,8 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
     if len(one.terms) > 1:
         keys = ", ".join(t.key for t in one.terms)
         raise AmbiguousData(
-            f"{one.folder} holds a competition in a layout that terms {keys} share, and nothing says which: "
-            f"set data.term (or pass --term) to one of {keys}"
+            f"{one.folder} holds a competition in a layout that terms {keys} share, and nothing says which (no "
+            f"competition slug in its path, no {MARKER} marker): set data.term (or pass --term) to one of {keys}"
         )
     layout = family_of(one.terms[0]).layout(one.folder, one.terms[0], root)
     if layout.is_sample and term not in ("auto", "", None):
