@@ -222,18 +222,16 @@ def test_f26_without_a_sample_submission_needs_a_named_format(tmp_path):
 
 def test_f26_follows_the_sample_submission_in_the_download(tmp_path):
     folder = current_layout(tmp_path / "hw2p2_data")
-    # a sample in a scheme the spec did not record: pairs first, images by stem, its own header
-    (folder / "sample_submission.csv").write_text(
-        "row,value\npair0,0\npair1,0\ntest_000002,0\ntest_000000,0\ntest_000001,0\n"
-    )
+    # a sample in a scheme the spec did not record: pairs first (ids 1..N), images by stem, its own header
+    (folder / "sample_submission.csv").write_text("row,value\n1,0\n2,0\ntest_000002,0\ntest_000000,0\ntest_000001,0\n")
     layout = find_layout(tmp_path, "f26")
     path = tmp_path / "submission.csv"
     assert write_combined(path, layout, [5, 6, 7], [0.5, 0.25]).name == "sample"
-    assert path.read_text() == ("row,value\npair0,0.5\npair1,0.25\ntest_000002,7\ntest_000000,5\ntest_000001,6\n")
+    assert path.read_text() == ("row,value\n1,0.5\n2,0.25\ntest_000002,7\ntest_000000,5\ntest_000001,6\n")
     assert main(["check-submission", str(path), "--data", str(tmp_path), "--term", "f26"]) == 0
     (folder / "sample_submission.csv").write_text("id,label\na,0\nb,0\nc,0\nd,0\ne,0\nf,0\n")
     layout = find_layout(tmp_path, "f26")
-    with pytest.raises(UserError, match="not the 3 test images and 2 test pairs in a scheme FaceNext knows"):
+    with pytest.raises(UserError, match="not the 3 test images and 2 test pairs"):
         write_combined(path, layout, [5, 6, 7], [0.5, 0.25])
 
 
@@ -272,11 +270,12 @@ def fake_outputs(
     logits[np.arange(len(dev_labels)), dev_labels] += 6 * quality
     save_logits(out / "dev_logits.npz", logits, [str(i) for i in range(len(dev_labels))], classes, dev_labels)
     ids, _ = classification_ids(layout)
-    save_logits(out / "test_logits.npz", rng.normal(size=(len(ids), len(classes))), ids, classes, None)
+    weights = f"best:{run.name}"  # both parts from the same (absent) weights
+    save_logits(out / "test_logits.npz", rng.normal(size=(len(ids), len(classes))), ids, classes, None, weights)
     val = pd.read_csv(layout.val_pairs, sep=" ", header=None)[2].to_numpy()
     scores = val * quality + rng.normal(scale=0.3, size=len(val))
     test_pairs = len(layout.test_pairs.read_text().splitlines())
-    save_pair_scores(out, scores, val, rng.normal(size=test_pairs), scoring)
+    save_pair_scores(out, scores, val, rng.normal(size=test_pairs), scoring, weights)
 
 
 def test_limit_refusal_and_fit_limit_pick_the_best_subset_that_fits(tmp_path, capsys):

@@ -92,7 +92,9 @@ def _check_submission(args: argparse.Namespace) -> None:
     from .submission import check_submission
 
     fmt = args.format or recorded_format(args.file)
-    checked = check_submission(Path(args.file), find_layout(args.data, args.term), args.kind, args.num_classes, fmt=fmt)
+    source = f"--format {fmt}" if args.format else f"the format recorded in {Path(args.file).with_suffix('.json')}"
+    layout = find_layout(args.data, args.term)
+    checked = check_submission(Path(args.file), layout, args.kind, args.num_classes, fmt=fmt, fmt_source=source)
     print(f"{args.file}: ok ({checked.name} format)")
 
 
@@ -169,8 +171,8 @@ def _kernel_output(args: argparse.Namespace) -> None:
 
 TERM_KEYS = "f23, s24, s23, f22, s22, f24, s25, f25, s26, f26"
 FORMAT_HELP = (
-    "F26 submission format: cls+ver-rows (assumed, see README) or sample (the download's *sample_submission*.csv); "
-    "default: the sample submission when there is one, else predict.submission_format"
+    "F26 submission format: cls+ver-rows (assumed, see README) or sample; a *sample_submission*.csv in the download "
+    "always decides (a format that writes another file is refused); else this, else predict.submission_format"
 )
 
 

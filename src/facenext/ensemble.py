@@ -20,7 +20,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from .combined import load_pair_scores
+from .combined import check_same_weights, format_setting, load_pair_scores
 from .competitions import Family
 from .data.layout import Layout, find_layout
 from .errors import UserError
@@ -287,6 +287,9 @@ def ensemble(
         if list(classes) != parts[0]["classes"].tolist():
             raise UserError(f"{first.classes_file} differs from its saved logits: run `facenext predict` again")
     pairs = _pair_part(folders, names) if uses_pairs else None
+    if parts and pairs is not None:  # F26: each run's two parts must come from the same weights
+        for folder, run, part in zip(folders, runs, parts, strict=True):
+            check_same_weights(folder, Path(run), part, load_pair_scores(folder) or {})
     dev_probs, labels = _dev_probs(folders, names, parts, weights == "fit" or fit_limit) if parts else (None, None)
     summary: dict[str, Any] = {"runs": names, "weighting": weights, "term": layout.term.key}
 
@@ -337,7 +340,8 @@ def ensemble(
             summary["dev_score"] = family.dev_score(summary["dev_acc"], summary["dev_eer"], summary["dev_auc"])
         print(f"ensemble dev EER {summary['dev_eer']:.4f}, dev score ({family.score_name}) {summary['dev_score']:.4f}")
     out = Path(out)
-    summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt)
+    fmt, source = format_setting(fmt, config.predict.submission_format, first.config_file)  # as predict and verify
+    summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt, source)
     rows = len(pd.read_csv(out, dtype=str))
     summary.update(submission=str(out), rows=rows)
     write_json(out.with_suffix(".json"), summary)
@@ -355,12 +359,13 @@ def _write(
     pair_w: np.ndarray,
     num_classes: int,
     fmt: str | None,
+    fmt_source: str | None = None,
 ) -> str:
     """The submission in the family's format; returns the format's name."""
     labels = _mix(_probs(parts), w).argmax(1) if parts else None
     scores = np.tensordot(pair_w, pairs["test"], axes=1) if pairs is not None else None
     if family.name == "combined":
-        return write_combined(out, layout, labels, scores, fmt, num_classes).name
+        return write_combined(out, layout, labels, scores, fmt, num_classes, fmt_source).name
     if pairs is not None:
         write_pair_submission(out, layout, scores)
         return "pairs"

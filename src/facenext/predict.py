@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .combined import write_run_submission
+from .combined import WEIGHTS_KEY, format_setting, weights_id, write_run_submission
 from .data.datasets import image_folder
 from .data.layout import Layout, find_layout, list_classes
 from .errors import UserError
@@ -18,14 +18,24 @@ from .io import atomic_write, write_json
 from .submission import classification_ids, write_submission
 
 
-def save_logits(path: Path, logits: np.ndarray, ids: list[str], classes: list[str], labels: np.ndarray | None) -> None:
+def save_logits(
+    path: Path,
+    logits: np.ndarray,
+    ids: list[str],
+    classes: list[str],
+    labels: np.ndarray | None,
+    weights: str | None = None,
+) -> None:
     """float16 logits with their ids and class list: all an ensemble needs, without re-running a model.
 
     A plain ``.npz`` (``np.load`` reads it) written with fixed zip timestamps, so equal arrays give equal bytes.
+    ``weights``: the ``combined.weights_id`` of the model, so that F26's two parts are checked to be one model's.
     """
     arrays = {"logits": logits.astype(np.float16), "ids": np.array(ids), "classes": np.array(classes)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    if weights is not None:
+        arrays[WEIGHTS_KEY] = np.array(weights)
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
@@ -112,7 +122,14 @@ def predict(
         print(
             f"warning: {len(result.failed)} unreadable image(s) got the most common prediction: {ids[result.failed[0]]}"
         )
-    save_logits(out / f"{split}_logits.npz", logits, ids, run.classes, None if labels is None else np.array(labels))
+    save_logits(
+        out / f"{split}_logits.npz",
+        logits,
+        ids,
+        run.classes,
+        None if labels is None else np.array(labels),
+        weights_id(run.path, weights),
+    )
     predictions = logits.argmax(1)
     if labels is not None:
         truth = np.array(labels)
@@ -127,8 +144,8 @@ def predict(
             f"per view: {views}"
         )
     elif layout.family.name == "combined":  # F26: one file with both parts, once verify has scored the pairs
-        fmt = fmt or run.config.predict.submission_format
-        combined = write_run_submission(out, layout, fmt, len(run.classes), run.path)
+        fmt, source = format_setting(fmt, run.config.predict.submission_format, run.folder.config_file)
+        combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "predict", source)
         if combined is not None:
             summary["submission"] = str(combined)
     else:

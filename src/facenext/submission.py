@@ -11,7 +11,12 @@ One writer (``write_submission``), one reader (``read_submission``) and one chec
   image (``ID`` its file name, ``Label`` its class id), then one row per test pair (``ID`` 0..pairs-1 in
   ``test_pairs.txt`` order, ``Label`` the score);
 - ``sample``: F26 with a ``*sample_submission*.csv`` in the download: its header, ids and row order, each id
-  being a test image's file name (or stem) or else the next test pair. A sample that fits no scheme is refused.
+  being a test image's file name (or stem), or else a test pair: the pair rows' ids run ``0..pairs-1`` or
+  ``1..pairs`` in ``test_pairs.txt`` order, or name each pair's two images. A sample in any other scheme is refused:
+  a row must never score another pair than the one its id names.
+
+A sample in the download always decides the combined file's format: a format named by ``--format`` or a config
+that would write another file than the sample's is refused, naming both.
 """
 
 from __future__ import annotations
@@ -271,6 +276,41 @@ class CombinedRowsFormat(SubmissionFormat):
         return {"ID": images + pairs, "Label": [int(x) for x in labels] + [float(x) for x in scores]}
 
 
+# How a sample may name a test pair by its images: "<imgA><sep><imgB>", with or without the extension.
+PAIR_NAME_SEPARATORS = (" ", "_", "-", ",", ";", "|", "+", ":", "/", "__")
+UNKNOWN_SCHEME = "FaceNext cannot tell which test image or pair each row is: report the sample's first lines"
+
+
+def _pair_name_index(layout: Layout) -> dict[str, int | None]:
+    """Each way a sample may name a test pair by its two images -> the pair's position (None: two pairs share it)."""
+    pairs = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
+    index: dict[str, int | None] = {}
+    for j, (a, b) in enumerate(zip(pairs["img1"], pairs["img2"], strict=True)):
+        for x, y in ((a, b), (Path(a).stem, Path(b).stem)):
+            for sep in PAIR_NAME_SEPARATORS:
+                key = f"{x}{sep}{y}"
+                index[key] = j if index.get(key, j) == j else None
+    return index
+
+
+def _pair_positions(ids: list[str], layout: Layout, pairs: int, sample: Path) -> list[int]:
+    """The test pair each pair row of a sample scores, from its id: ``0..pairs-1`` or ``1..pairs`` in
+    ``test_pairs.txt`` order, or the pair's two image names (any row order). Anything else is refused: following
+    the rows' order whatever their ids would put scores on other pairs than the ids name."""
+    numbers = [int(i) for i in ids] if all(i.isdigit() for i in ids) else None  # "7" or "00007"
+    if numbers in (list(range(pairs)), list(range(1, pairs + 1))):
+        return list(range(pairs))
+    by_name = _pair_name_index(layout)
+    found = [j for j in (by_name.get(i) for i in ids) if j is not None]
+    if len(found) == len(ids) and sorted(found) == list(range(pairs)):
+        return found
+    raise UserError(
+        f"{sample}: its {len(ids)} pair rows have ids {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}: "
+        f"neither 0..{pairs - 1} nor 1..{pairs} in {layout.term.test_pairs} order, nor each pair's image names; "
+        + UNKNOWN_SCHEME
+    )
+
+
 class SampleFormat(SubmissionFormat):
     """Follows the competition's own sample submission: its header, its ids, its row order."""
 
@@ -280,27 +320,26 @@ class SampleFormat(SubmissionFormat):
     def __init__(self, sample: Path) -> None:
         self.sample = sample
 
-    def _read(self, layout: Layout) -> tuple[pd.DataFrame, list[int | None]]:
-        """The sample, and for each row the position of its test image (None: a pair row, in order)."""
+    def _read(self, layout: Layout) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+        """The sample, and for each row what it predicts: ``("image", position in classification_ids)`` or
+        ``("pair", position in test_pairs.txt)``."""
         frame = read_submission(self.sample)
         if frame.shape[1] != 2:
-            raise UserError(
-                f"{self.sample} has columns {','.join(frame.columns)}, a scheme FaceNext does not know: pass "
-                "--format cls+ver-rows (or set predict.submission_format) and report the sample's first lines"
-            )
+            raise UserError(f"{self.sample} has columns {','.join(frame.columns)}: {UNKNOWN_SCHEME}")
         images, _ = classification_ids(layout)
         where = {name: i for i, name in enumerate(images)}
         where.update({Path(name).stem: i for i, name in enumerate(images)})
-        rows = [where.get(i) for i in frame.iloc[:, 0]]
-        found = sorted(r for r in rows if r is not None)
+        ids = frame.iloc[:, 0].tolist()
+        found = sorted(where[i] for i in ids if i in where)
         pairs = test_pair_count(layout)
-        if found != list(range(len(images))) or rows.count(None) != pairs:
+        pair_ids = [i for i in ids if i not in where]
+        if found != list(range(len(images))) or len(pair_ids) != pairs:
             raise UserError(
-                f"{self.sample}: its {len(frame)} ids (first {', '.join(frame.iloc[:3, 0])}) are not the "
-                f"{len(images)} test images and {pairs} test pairs in a scheme FaceNext knows: pass "
-                "--format cls+ver-rows (or set predict.submission_format) and report the sample's first lines"
+                f"{self.sample}: its {len(frame)} ids (first {', '.join(ids[:3])}) are not the {len(images)} test "
+                f"images and {pairs} test pairs: {UNKNOWN_SCHEME}"
             )
-        return frame, rows
+        pair_of = iter(_pair_positions(pair_ids, layout, pairs, self.sample))
+        return frame, [("image", where[i]) if i in where else ("pair", next(pair_of)) for i in ids]
 
     def header(self, layout: Layout) -> tuple[str, str]:
         return tuple(read_submission(self.sample).columns[:2])  # type: ignore[return-value]
@@ -309,15 +348,14 @@ class SampleFormat(SubmissionFormat):
         sample, rows = self._read(layout)
         _check_header(frame, list(sample.columns), name)
         _check_rows(frame, sample.iloc[:, 0].tolist(), name, f"rows (as {self.sample.name})")
-        is_image = pd.Series([r is not None for r in rows], index=frame.index)
+        is_image = pd.Series([kind == "image" for kind, _ in rows], index=frame.index)
         values, ids = frame.iloc[:, 1], frame.iloc[:, 0]
         _check_class_labels(values[is_image], ids[is_image], _default_classes(layout, num_classes), name)
         _check_scores(values[~is_image], ids[~is_image], name)
 
     def columns(self, layout: Layout, labels: Sequence[int] = (), scores: Sequence[float] = ()) -> dict[str, list]:
         sample, rows = self._read(layout)
-        pair_iter = iter(scores)
-        values = [int(labels[r]) if r is not None else float(next(pair_iter)) for r in rows]
+        values = [int(labels[k]) if kind == "image" else float(scores[k]) for kind, k in rows]
         id_col, value_col = sample.columns[:2]
         return {id_col: sample.iloc[:, 0].tolist(), value_col: values}
 
@@ -339,23 +377,30 @@ def submission_record(file: str | Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def submission_format(layout: Layout, requested: str | None = None) -> SubmissionFormat:
-    """The format of the term's (combined) submission: ``requested`` (``--format`` or predict.submission_format),
-    else the competition's sample submission, else the term's own; never a guess."""
+def submission_format(layout: Layout, requested: str | None = None, source: str | None = None) -> SubmissionFormat:
+    """The format of the term's (combined) submission: the competition's sample submission whenever the download
+    has one, else ``requested`` (``--format`` or predict.submission_format), else the term's own; never a guess.
+
+    A ``requested`` format that would write another file than the sample (another header, other ids or another
+    row order) is refused in one line naming both; ``source`` says where it was named (``--format``, a config).
+    """
     term = layout.term
-    if requested and requested != "auto":
-        if requested == "sample":
-            if len(layout.samples) != 1:
-                raise UserError(f"--format sample needs one *sample_submission*.csv under {layout.root}")
-            return SampleFormat(layout.samples[0])
-        if requested not in FORMATS:
-            raise UserError(f"unknown submission format {requested!r}: use one of {', '.join([*FORMATS, 'sample'])}")
-        return FORMATS[requested]()
+    if requested and requested != "auto" and requested != "sample" and requested not in FORMATS:
+        raise UserError(f"unknown submission format {requested!r}: use one of {', '.join([*FORMATS, 'sample'])}")
     if layout.family.name == "combined" and layout.samples:
         if len(layout.samples) > 1:
-            names = ", ".join(p.name for p in layout.samples)
-            raise UserError(f"several sample submissions under {layout.root} ({names}): pass --format")
-        return SampleFormat(layout.samples[0])
+            names = ", ".join(str(p) for p in layout.samples)
+            raise UserError(
+                f"several sample submissions in the download ({names}): FaceNext follows one; move the others away"
+            )
+        sample = SampleFormat(layout.samples[0])
+        if requested and requested not in ("auto", "sample"):
+            _same_as_sample(FORMATS[requested](), sample, layout, source or f"the format named ({requested})")
+        return sample
+    if requested == "sample":
+        raise UserError(f"--format sample needs a *sample_submission*.csv in the download, and {layout.root} has none")
+    if requested and requested != "auto":
+        return FORMATS[requested]()
     if term.submission_format:
         return FORMATS[term.submission_format]()
     raise UserError(
@@ -364,13 +409,35 @@ def submission_format(layout: Layout, requested: str | None = None) -> Submissio
     )
 
 
-def _kind_format(layout: Layout, kind: str, requested: str | None) -> SubmissionFormat:
+def _same_as_sample(named: SubmissionFormat, sample: SampleFormat, layout: Layout, source: str) -> None:
+    """Refuse ``named`` unless it writes the sample's file: its header, and its ids in its order."""
+    frame, _ = sample._read(layout)
+    header, ids = list(map(str, frame.columns)), frame.iloc[:, 0].tolist()
+    why = f"{named.name} is not a format of a file with both parts"
+    if set(named.parts) == {"classification", "pairs"}:
+        images, pairs = len(classification_ids(layout)[0]), test_pair_count(layout)
+        columns = named.columns(layout, [0] * images, [0.0] * pairs)
+        mine = list(map(str, next(iter(columns.values()))))
+        if list(columns) == header and mine == ids:
+            return
+        if list(columns) != header:
+            why = f"{named.name} writes the header {','.join(columns)}, the sample {','.join(header)}"
+        else:
+            k = next(k for k, (a, b) in enumerate(zip(mine, ids, strict=True)) if a != b)  # same count: _read
+            why = f"{named.name} writes row {k + 1} as {mine[k]!r}, the sample as {ids[k]!r}"
+    raise UserError(
+        f"{sample.sample} in the download decides the submission's format, and {source} disagrees ({why}): "
+        "pass --format sample, or drop that setting"
+    )
+
+
+def _kind_format(layout: Layout, kind: str, requested: str | None, source: str | None = None) -> SubmissionFormat:
     if kind == "classification":
         return ClassificationFormat()
     if kind == "verification":
         return PairFormat() if layout.family.uses_pairs() else IdentityFormat()
     if kind == "combined":
-        return submission_format(layout, requested)
+        return submission_format(layout, requested, source)
     raise UserError(f"unknown submission kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
@@ -393,18 +460,20 @@ def check_submission(
     num_classes: int | None = None,
     name: Path | None = None,
     fmt: str | None = None,
+    fmt_source: str | None = None,
 ) -> SubmissionFormat:
     """Raise a one-line UserError unless ``path`` is a valid submission for ``layout``'s competition.
 
     ``kind``: ``classification``, ``verification`` or ``combined`` (None: the combined task for F26, else guessed
     from the header and labels; integer labels mean classification). ``fmt`` names the combined format (see
-    ``submission_format``). ``num_classes`` defaults to the number of classes in ``train/``. ``name`` is the file
-    name to use in messages (the final name when a temporary file is checked). Returns the format checked.
+    ``submission_format``; ``fmt_source`` says where it was named). ``num_classes`` defaults to the number of classes
+    in ``train/``. ``name`` is the file name to use in messages (the final name when a temporary file is checked).
+    Returns the format checked.
     """
     name = name or path
     frame = read_submission(path, name)
     kind = kind or _guess_kind(frame, layout)
-    checker = _kind_format(layout, kind, fmt)
+    checker = _kind_format(layout, kind, fmt, fmt_source)
     checker.check(frame, layout, name, num_classes)
     return checker
 
@@ -416,10 +485,11 @@ def write_combined(
     scores: Sequence[float],
     fmt: str | None = None,
     num_classes: int | None = None,
+    fmt_source: str | None = None,
 ) -> SubmissionFormat:
     """The combined (F26) submission from class labels (test images in ``classification_ids`` order) and the test
     pairs' scores, in the format ``submission_format`` decides; checked before it takes its name."""
-    chosen = submission_format(layout, fmt)
+    chosen = submission_format(layout, fmt, fmt_source)
     images, pairs = len(classification_ids(layout)[0]), test_pair_count(layout)
     if len(labels) != images or len(scores) != pairs:  # predictions from another data folder
         raise UserError(

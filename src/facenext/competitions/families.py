@@ -58,7 +58,7 @@ class Family:
             test=test,
             cls_sample=optional(folder, term.cls_sample),
             test_labels=optional(test_dir, LABELS_FILE) if test_dir is not None else None,
-            samples=sample_submissions(folder),
+            samples=sample_submissions(folder, term.slugs),
             is_sample=bool(marker.get("sample")),
             **self.verification_parts(folder, term, root),
         )

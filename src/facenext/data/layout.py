@@ -281,7 +281,12 @@ def optional(base: Path | None, rel: str | None) -> Path | None:
     return path if path.exists() else None
 
 
-def sample_submissions(folder: Path) -> tuple[Path, ...]:
-    """Every ``*sample_submission*.csv`` in ``folder`` and its subfolders (two levels)."""
+def sample_submissions(folder: Path, slugs: tuple[str, ...] = ()) -> tuple[Path, ...]:
+    """Every ``*sample_submission*.csv`` in ``folder`` and its subfolders (two levels), and in the folder above it
+    when that one is named after one of ``slugs``: a zip that holds ``hw2p2_data/`` and the sample beside it unpacks
+    to ``<slug>/sample_submission.csv`` (Kaggle: ``/kaggle/input/<slug>/``)."""
     found = [p for level in ("", "*/", "*/*/") for p in folder.glob(level + SAMPLE_GLOB) if p.is_file()]
+    above = folder.absolute().parent
+    if above.name in slugs:
+        found += [p for p in above.glob(SAMPLE_GLOB) if p.is_file()]
     return tuple(sorted(set(found)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..combined import write_run_submission
+from ..combined import format_setting, weights_id, write_run_submission
 from ..data.layout import find_layout
 from ..io import write_json
 from .embeddings import EmbeddingCache, open_run, weights_fingerprint
@@ -38,14 +38,15 @@ def verify(
     out = Path(out_dir) if out_dir else Path("submissions") / run.name
     layout = find_layout(data_root or facts.data_root, facts.term)
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
-    family = verify_identities if layout.term.verification == "identity" else verify_pairs
     scoring = Scoring(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
     print(f"scoring: {scoring.describe()}")
-    result = family(embeddings, layout, out, scoring)
+    if layout.term.verification == "identity":
+        result = verify_identities(embeddings, layout, out, scoring)
+    else:  # the pair scores record the weights: F26's file takes them only beside logits of the same weights
+        result = verify_pairs(embeddings, layout, out, scoring, weights_id(run.path, weights))
     if layout.family.name == "combined":
-        combined = write_run_submission(
-            out, layout, fmt or run.config.predict.submission_format, len(run.classes), run.path
-        )
+        fmt, source = format_setting(fmt, run.config.predict.submission_format, run.folder.config_file)
+        combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "verify", source)
         if combined is not None:
             result["submission"] = str(combined)
     summary = {

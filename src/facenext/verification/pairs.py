@@ -65,10 +65,12 @@ def write_pair_submission(path: Path, layout: Layout, scores: np.ndarray) -> dic
     return {"submission": str(path)}
 
 
-def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring) -> dict[str, Any]:
-    """Evaluate on the dev pairs and score the test pairs (when present). The scores are saved for ensembles; the
-    test submission is written here, except for the combined task (F26), whose file also needs the classification
-    part (``verification.command``)."""
+def verify_pairs(
+    cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring, weights: str | None = None
+) -> dict[str, Any]:
+    """Evaluate on the dev pairs and score the test pairs (when present). The scores are saved for ensembles, with
+    the ``weights`` id of the model; the test submission is written here, except for the combined task (F26), whose
+    file also needs the classification part (``verification.command``)."""
     if layout.val_pairs is None:
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
     summary, val_scores, labels = evaluate_pairs(cache, layout, out, scoring)
@@ -78,5 +80,5 @@ def verify_pairs(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scor
         test_scores = split_pair_scores(cache, layout, "test", test, scoring)
         if layout.family.name != "combined":
             summary.update(write_pair_submission(out / "verification_submission.csv", layout, test_scores))
-    save_pair_scores(out, val_scores, labels, test_scores, scoring.describe())
+    save_pair_scores(out, val_scores, labels, test_scores, scoring.describe(), weights)
     return summary
