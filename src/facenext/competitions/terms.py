@@ -22,6 +22,9 @@ class Term:
     ver_metric: str  # accuracy, auc or eer
     folders: tuple[str, ...] = ()  # folder names the download unpacks to: they identify the term of a found layout
     eer_in_percent: bool = False  # the leaderboard shows the EER in percent (S26: 3.37 means 0.0337)
+    # The course's grading back-end reads the W&B run from a description "<tag>|WB=<entity>/<project>/<run_id>"
+    # (facenext.grading); None: the term is not known to grade that way.
+    grading_tag: str | None = None
     submission_format: str | None = None  # default format name; None: the sample submission or the user decides
     id_digits: int = 6  # zero padding of classification test ids (000000.jpg)
     cls_dir: str = ""  # classification folder (relative to the data root, searched up to two levels down)
@@ -200,6 +203,7 @@ TERMS: dict[str, Term] = {
             param_limit=30_000_000,
             family="combined",
             submission_format=None,
+            grading_tag="",  # the stored F26 back-end config sets no tag: the prefix is "|WB=" (--tag overrides)
         ),
     )
 }
