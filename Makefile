@@ -2,7 +2,7 @@
 # Variables: CONFIG (training recipe), RUN / RUNS (run folders), COMP (Kaggle slug), FILE, MSG (default: names the
 # runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit), PUSH (kernel), TERM (demo: f23 or f26),
 # FIT_LIMIT=1 (ensemble: the best runs that fit the limit), VERIFICATION=1 (ensemble: the runs' verify scores into
-# the verification submission), TAG and WANDB (submit: the grading tag).
+# the verification submission), TAG and WANDB (submit: the grading description TAG|WB=WANDB).
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -28,6 +28,7 @@ class FakeKaggle:
         self.pending_polls = 0  # ListSubmissions answers PENDING this many times, then COMPLETE
         self.score = "0.91234"
         self.description = "lean convnext"  # the last submission's description (CreateSubmission sets it)
+        self.listing: list[dict] | None = None  # when set, ListSubmissions answers these rows (Kaggle's field names)
         self.submission_error = ""  # when set, the submission ends in ERROR with this description
         self.datasets: set[str] = set()  # owner/slug of the datasets that exist (GetDatasetStatus answers READY)
         self.kernel_status = "COMPLETE"
@@ -43,7 +44,10 @@ class FakeKaggle:
         return [body for _, path, body in self.requests if path.endswith(name)]
 
     def listed_submissions(self) -> list[dict]:
-        """The one submission (ref 42): PENDING for ``pending_polls`` listings, then COMPLETE (or ERROR)."""
+        """``listing`` when set; else the one submission (ref 42): PENDING for ``pending_polls`` listings, then COMPLETE
+        (or ERROR)."""
+        if self.listing is not None:
+            return self.listing
         polls = sum(path.endswith("ListSubmissions") for _, path, _ in self.requests)
         row = {"ref": 42, "fileName": "submission.csv", "date": "2026-01-02T03:04:05Z", "description": self.description}
         if polls <= self.pending_polls:

@@ -286,7 +286,8 @@ def test_default_message_without_summaries(tmp_path):
 def test_submissions_lists_a_table(fake, tmp_path):
     result = run(fake.env(tmp_path), "submissions", SLUG)
     assert result.returncode == 0, result.stderr
-    header, row = result.stdout.splitlines()
+    caption, header, row = result.stdout.splitlines()
+    assert caption == f"{SLUG}: scores as Kaggle reports them"  # an unknown slug: no unit, no graded mark
     assert header.split()[:4] == ["date", "status", "public", "private"]
     assert row.split()[:5] == ["2026-01-02", "03:04", "complete", "0.91234", "-"] and row.endswith("lean convnext")
 

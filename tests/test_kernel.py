@@ -14,14 +14,29 @@ from pathlib import Path
 import pytest
 from slugify import slugify
 
+from facenext.combined import recorded_format
+from facenext.competitions import get_term
+from facenext.config import load_config
+from facenext.data.layout import find_layout
 from facenext.data.sample import write_sample_competition
 from facenext.errors import UserError
-from facenext.kernel import build_bundle, kaggle_username
+from facenext.kernel import (
+    _competitions,
+    build_bundle,
+    kaggle_username,
+    kernel_metadata,
+    notebook_script,
+    wandb_overrides,
+)
+from facenext.submission import check_submission, classification_ids
+from facenext.submission import test_pair_count as pair_count
 
-from .conftest import CONFIG, assert_user_error
+from .conftest import CONFIG, ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
 from .test_kaggle import run
 
 SLUG = "my-comp"
+F26 = "hw-2-p-2-fall-2026-student-competition"
+F26_CONFIG = str(ROOT / "configs" / "f26_lean_convnext.yaml")
 TINY = ["train.epochs=2", "data.image_size=48"]
 
 
@@ -135,32 +150,75 @@ def test_kernel_output_fetches_files(fake, tmp_path):
     assert (out / "facenext-demo.log").is_file()
 
 
-@pytest.mark.parametrize("gpus", [1, 2])
-def test_notebook_runs_in_a_simulated_kaggle(bundle, tmp_path, gpus):
+@pytest.mark.parametrize(("gpus", "term"), [(1, "f26"), (2, "f23")])
+def test_notebook_runs_in_a_simulated_kaggle(bundle, tmp_path, gpus, term):
     kaggle = tmp_path / "kaggle"
     shutil.copytree(bundle["toolkit"], kaggle / "input" / "facenext-toolkit")
-    write_sample_competition(kaggle / "input" / SLUG, identities=4, images_per_identity=10, size=48)
+    slug = F26 if term == "f26" else SLUG
+    write_sample_competition(kaggle / "input" / slug, term, identities=4, images_per_identity=10, size=48)
+    script = Path(bundle["notebook"]) / "notebook.py"
+    if term == "f26":  # today's term: an F26 config's notebook, the bundle's toolkit
+        script = tmp_path / "notebook.py"
+        overrides = [*TINY_MODEL, *TINY_TRAIN, "train.epochs=2"]
+        script.write_text(notebook_script(Path(F26_CONFIG).read_text(), overrides, [slug], "f26_lean_convnext"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(FACENEXT_KAGGLE_ROOT=str(kaggle), KAGGLE_KERNEL_RUN_TYPE="Batch", PYTHONPATH="")
     # The GPU count the notebook sees; the processes then train on the CPU (gloo), as torchrun runs them on GPUs.
     env.update(FACENEXT_KAGGLE_GPUS=str(gpus), CUDA_VISIBLE_DEVICES="")
-    script = Path(bundle["notebook"]) / "notebook.py"
     result = subprocess.run(
         [sys.executable, script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    working = kaggle / "working"
-    rows = (working / "submission.csv").read_text().splitlines()
-    tests = sorted(p.name for p in (kaggle / "input" / SLUG).rglob("test/*") if p.is_file())
-    assert rows[0] == "id,label" and len(rows) - 1 == len(tests) > 0
-    assert (working / "runs" / "demo" / "summary.json").is_file()
-    assert (working / "submissions" / "demo" / "verification_submission.csv").is_file()  # the sample has both
+    working, name = kaggle / "working", "f26_lean_convnext" if term == "f26" else "demo"
+    submission = working / "submission.csv"
+    rows = submission.read_text().splitlines()
+    layout = find_layout(kaggle / "input", term)
+    if term == "f26":  # the combined file: every test image, then every test pair, checked against the data
+        ids, _ = classification_ids(layout)
+        assert rows[0] == "ID,Label" and len(rows) - 1 == len(ids) + pair_count(layout)
+        assert check_submission(submission, layout, fmt=recorded_format(submission)).name == "cls+ver-rows"
+        assert (working / "submissions" / name / "pair_scores.npz").is_file()  # verified
+        assert "grading needs a W&B run: this notebook logged no W&B run (its internet is off)" in result.stdout
+        assert "facenext kernel CONFIG --wandb" in result.stdout and "|WB=ENTITY/PROJECT/RUN_ID" in result.stdout
+    else:
+        tests = sorted(p.name for p in (kaggle / "input" / SLUG).rglob("test/*") if p.is_file())
+        assert rows[0] == "id,label" and len(rows) - 1 == len(tests) > 0
+        assert (working / "submissions" / name / "verification_submission.csv").is_file()  # the sample has both
+        assert "grading" not in result.stdout  # F23 is not graded by a W&B reference
+    assert f"+ facenext check-submission {submission}" in result.stdout
+    assert (working / "runs" / name / "summary.json").is_file()
     assert f"using FaceNext from {kaggle / 'temp' / 'facenext' / 'facenext'}" in result.stdout  # the wheel's copy
     workers = max(1, (os.cpu_count() or 1) // gpus)
     under = " under torchrun" if gpus > 1 else ""
     assert f"session: {gpus} GPU(s), {os.cpu_count()} CPUs: training in {gpus} process(es){under}, {workers}" in (
         result.stdout
     )
-    summary = json.loads((working / "runs" / "demo" / "summary.json").read_text())
+    summary = json.loads((working / "runs" / name / "summary.json").read_text())
     assert summary["processes"] == gpus and summary["complete"]
-    assert f"num_workers: {workers}" in (working / "runs" / "demo" / "config.yaml").read_text()
+    if term == "f23":  # the notebook's worker count (F26: TINY_TRAIN's data.num_workers=0 wins, as overrides do)
+        assert f"num_workers: {workers}" in (working / "runs" / name / "config.yaml").read_text()
+
+
+def test_wandb_notebook_logs_with_the_key_from_kaggle_secrets():
+    assert wandb_overrides([], True) == (True, ["train.log_to=[wandb]"])
+    assert wandb_overrides(["tensorboard"], True) == (True, ["train.log_to=[tensorboard,wandb]"])
+    assert wandb_overrides(["wandb"], False) == (True, [])  # the config logs to W&B already
+    assert wandb_overrides([], False) == (False, [])
+    config = load_config(F26_CONFIG, wandb_overrides(["tensorboard"], True)[1])
+    assert config.train.log_to == ["tensorboard", "wandb"]
+    assert kernel_metadata("tester", "s", "S t", [F26], internet=True)["enable_internet"] is True
+    code = notebook_script("data: {}", [], [F26], "run", wandb=True, tag="HW2P2")
+    compile(code, "notebook.py", "exec")
+    assert "WANDB = True" in code and "TAG = 'HW2P2'" in code and 'SECRET = "WANDB_API_KEY"' in code
+    assert "UserSecretsClient().get_secret(SECRET)" in code and "connect_wandb()" in code
+    assert "WANDB = False" in notebook_script("data: {}", [], [F26], "run")
+
+
+def test_f26_notebook_attaches_one_copy_of_the_data():
+    # the late-submission twin holds the same hw2p2_data/: two copies under /kaggle/input are ambiguous
+    assert _competitions(load_config(F26_CONFIG), None) == [F26]
+    assert _competitions(load_config(CONFIG, ["data.term=f23"]), None) == list(get_term("f23").slugs)  # two tasks
+
+
+def test_kernel_refuses_a_tag_with_spaces():
+    assert_user_error(facenext("kernel", CONFIG, "--tag", "HW2 P2", "--user", "tester"), "--tag", "no spaces")

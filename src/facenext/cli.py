@@ -146,13 +146,15 @@ def _submit(args: argparse.Namespace) -> None:
 def _submissions(args: argparse.Namespace) -> None:
     from .kaggle import print_submissions
 
-    print_submissions(args.slug)
+    print_submissions(args.slug, args.tag)
 
 
 def _kernel(args: argparse.Namespace) -> None:
     from .kernel import build_bundle, push
 
-    bundle = build_bundle(args.config, args.out, args.competition, args.user, args.overrides)
+    bundle = build_bundle(
+        args.config, args.out, args.competition, args.user, args.overrides, wandb=args.wandb, tag=args.tag
+    )
     if args.push:
         push(bundle)
 
@@ -169,6 +171,10 @@ def _kernel_output(args: argparse.Namespace) -> None:
     kernel_output(args.kernel, args.path)
 
 
+TAG_HELP = (
+    "the grading back-end's tag: the description must be exactly TAG|WB=ENTITY/PROJECT/RUN_ID (default: the "
+    "term's; F26: empty, i.e. |WB=...)"
+)
 TERM_KEYS = "f23, s24, s23, f22, s22, f24, s25, f25, s26, f26"
 FORMAT_HELP = (
     "F26 submission format: cls+ver-rows (assumed, see README) or sample; a *sample_submission*.csv in the download "
@@ -309,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the file only; upload nothing")
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for the score (default 600; 0: none)")
     p.add_argument("--poll-interval", type=float, default=10, help="seconds between score checks (default 10)")
-    p.add_argument("--tag", help="grading tag: adds TAG|WB=ENTITY/PROJECT/RUN_ID to the description")
+    p.add_argument("--tag", help=TAG_HELP)
     p.add_argument(
-        "--wandb", help="ENTITY/PROJECT/RUN_ID for the grading tag (default: the W&B run the file's run logged to)"
+        "--wandb",
+        help="ENTITY/PROJECT/RUN_ID: the description becomes TAG|WB=ENTITY/PROJECT/RUN_ID, nothing else (default: "
+        "the W&B run the file's run logged to)",
     )
     p.add_argument("--runs", default="runs", help="folder of the run folders (default runs)")
     p.add_argument("--format", help=FORMAT_HELP + " or the format recorded beside the file")
@@ -319,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submissions", help="list a competition's past submissions with their scores")
     p.add_argument("slug", help="competition slug")
+    p.add_argument("--tag", help=TAG_HELP)
     p.set_defaults(func=_submissions)
 
     p = sub.add_parser("kernel", help="build a Kaggle notebook (and toolkit dataset) that trains CONFIG; --push it")
@@ -329,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--user", help="Kaggle username (default: from the credentials)")
     p.add_argument("--push", action="store_true", help="push the toolkit dataset and the notebook to Kaggle")
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="log the run to W&B (internet on; the key from the Kaggle secret WANDB_API_KEY) so that the notebook "
+        "prints the grading description",
+    )
+    p.add_argument("--tag", help=TAG_HELP)
     p.add_argument("overrides", nargs="*", help="key.path=value overrides baked into the notebook")
     p.set_defaults(func=_kernel)
 

@@ -272,32 +272,6 @@ def _check_against_data(
     return True, layout
 
 
-def grading_tag(tag: str | None, wandb_run: str | None, runs: list[Path]) -> str | None:
-    """``<tag>|WB=<entity>/<project>/<run_id>``, the course's grading reference, or None.
-
-    The W&B run comes from ``wandb_run`` or, when a run behind the file logged to W&B, from its ``wandb.json``
-    (written by training); the tag defaults to the run's name when only the W&B run is known.
-    """
-    if wandb_run is None:
-        found = [path for path in (RunDir(run).wandb_run() for run in runs) if path is not None]
-        wandb_run = found[0] if len(found) == 1 else None
-        if len(found) > 1 and tag is not None:
-            raise UserError(f"{len(found)} runs behind the file logged to W&B: pass --wandb ENTITY/PROJECT/RUN_ID")
-    if wandb_run is None:
-        if tag is not None:
-            raise UserError("--tag needs the W&B run it refers to: pass --wandb ENTITY/PROJECT/RUN_ID")
-        return None
-    if not re.fullmatch(r"[^/\s|]+/[^/\s|]+/[^/\s|]+", wandb_run):
-        raise UserError(f"--wandb {wandb_run!r} must look like ENTITY/PROJECT/RUN_ID")
-    if tag is not None and ("|" in tag or not tag.strip()):
-        raise UserError(f"--tag {tag!r} must be non-empty and hold no '|'")
-    tag = tag or "+".join(Path(r).name for r in runs) or "facenext"
-    return f"{tag}|WB={wandb_run}"
-
-
-TAG = re.compile(r"(\S+\|WB=[^\s|]+/[^\s|]+/[^\s|]+)")
-
-
 def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
     """The runs behind ``file`` and their dev accuracy, e.g. ``FaceNext: a (dev 0.9120), b (dev 0.9050)``.
 
@@ -320,7 +294,6 @@ def _submission_row(item: Any) -> dict[str, Any]:
         "ref": item.ref,
         "date": date.strftime("%Y-%m-%d %H:%M") if hasattr(date, "strftime") else str(date or ""),
         "description": item.description or "",
-        "grading_tag": next(iter(TAG.findall(item.description or "")), None),
         "status": status,
         "public_score": item.public_score or None,
         "private_score": item.private_score or None,
@@ -337,27 +310,44 @@ def list_submissions(competition: str, api: Any = None) -> list[dict[str, Any]]:
     return [_submission_row(item) for item in items if item is not None]
 
 
-def print_submissions(competition: str) -> list[dict[str, Any]]:
-    """Print the competition's submissions as a table (date, status, public, private, description)."""
+def print_submissions(competition: str, tag: str | None = None) -> list[dict[str, Any]]:
+    """Print the competition's submissions as a table (date, status, public, private, W&B run, description), scores
+    in the leaderboard's unit. ``*`` marks the one the course's back-end grades (the best by the term's score and
+    direction); the W&B run column (where the term grades by one, or ``tag`` is given) is what the back-end reads
+    from each description, and a warning says when the graded one names none."""
+    from .competitions import term_of_slug
+    from .grading import graded_submission, leaderboard_value, parse_grading_description, score_caption, term_tag
+
+    term = term_of_slug(competition)
+    tag = term_tag(term, tag)
     rows = list_submissions(competition)
     if not rows:
         print(f"{competition}: no submissions yet")
         return rows
-    table = [("date", "status", "public", "private", "grading tag", "description")]
-    table += [
-        (
-            r["date"],
-            r["status"],
-            r["public_score"] or "-",
-            r["private_score"] or "-",
-            r["grading_tag"] or "-",
-            r["description"],
+    graded = graded_submission(rows, term)
+    for row in rows:
+        read = parse_grading_description(row["description"], tag) if tag is not None else None
+        row["graded_run"] = "/".join(read) if read else None
+    marked, with_run = term is not None, tag is not None  # the mark needs a known direction, the run a known tag
+    table = [(*([""] if marked else []), "date", "status", "public", "private", *(["W&B run"] if with_run else []))]
+    for i, r in enumerate(rows):
+        scores = (leaderboard_value(r["public_score"], term), leaderboard_value(r["private_score"], term))
+        run = [r["graded_run"] or "-"] if with_run else []
+        table.append((*(["*" if i == graded else ""] if marked else []), r["date"], r["status"], *scores, *run))
+    print(f"{competition}: {score_caption(term)}" + ("; * marks the submission the course grades" if marked else ""))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    descriptions = ["description", *(r["description"] for r in rows)]
+    for row, description in zip(table, descriptions, strict=True):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) + "  " + description)
+    if graded is not None and tag is not None and rows[graded]["graded_run"] is None:
+        best = rows[graded]
+        best_score = leaderboard_value(best["private_score"] or best["public_score"], term)
+        print(
+            f"facenext: warning: the submission the course grades ({best['date']}, score {best_score}) names no W&B "
+            f"run in its description (it must be exactly {tag}|WB=ENTITY/PROJECT/RUN_ID): grading will fail; submit "
+            f"its file again with `facenext submit FILE --competition {competition} --wandb ENTITY/PROJECT/RUN_ID`",
+            file=sys.stderr,
         )
-        for r in rows
-    ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(5)]
-    for row in table:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:5], widths, strict=False)) + "  " + row[5])
     return rows
 
 
@@ -390,10 +380,14 @@ def submit(
     :func:`default_message`.
 
     The models behind the file (its ensemble summary, or the run folder it was written for) must fit the term's
-    parameter limit together. The grading tag ``<tag>|WB=<entity>/<project>/<run_id>`` is added to the message
-    when ``tag``/``wandb_run`` are given or a run behind the file logged to W&B.
+    parameter limit together. The description is ``message`` exactly as given; else the grading reference
+    ``<tag>|WB=<entity>/<project>/<run_id>`` and nothing else, when ``wandb_run`` is given or a run behind the file
+    logged to W&B (``tag``: the term's unless given); else :func:`default_message`. Where the term grades by a W&B
+    reference and the back-end's rule reads none from the description, one warning line says so before uploading
+    (see ``facenext.grading``).
     """
     from .competitions import term_of_slug
+    from .grading import check_tag, leaderboard_value, submission_description
     from .limits import check_limit, runs_behind
     from .submission import read_submission
 
@@ -401,19 +395,20 @@ def submit(
     path = Path(file)
     frame = read_submission(path)
     runs = runs_behind(path, runs_root)
-    message = message or default_message(path, runs_root)
-    grading = grading_tag(tag, wandb_run, runs)
-    if grading and grading not in message:
-        message = f"{message} {grading}"
+    check_tag(tag)
     checked, layout = _check_against_data(path, competition, Path(data_root) if data_root else None, fmt)
     summary: dict[str, Any] = {"file": str(path), "competition": competition, "rows": len(frame)}
     summary["checked_against_data"] = checked
     term = term_of_slug(competition) or (layout.term if layout is not None else None)
+    default = default_message(path, runs_root) if message is None else ""
+    message, warning = submission_description(message, tag, wandb_run, runs, term, default)
     if term is not None and runs:
         summary["parameters"] = check_limit(runs, term, str(path))
     elif term is not None and term.param_limit is not None:
         print(f"note: the runs behind {path} are unknown, so the {term.param_limit / 1e6:g} M limit is not checked")
     summary["description"] = message
+    if warning:
+        print(f"facenext: warning: {warning}", file=sys.stderr)
     if dry_run:
         print(f"{path}: {len(frame)} rows OK; dry run, nothing uploaded to {competition} (description {message!r})")
         return {**summary, "uploaded": False}
@@ -431,7 +426,7 @@ def submit(
     status = row["status"] if row else "pending"
     summary.update(status=status, public_score=row and row["public_score"], private_score=row and row["private_score"])
     if status == "complete":
-        print(f"{competition}: scored, public score {row['public_score']}")
+        print(f"{competition}: scored, public score {leaderboard_value(row['public_score'], term)}")
     elif status == "error":
         detail = row.get("error") or "no detail given"
         raise UserError(f"Kaggle could not score {path} on {competition}: {detail}; fix the file and submit again")

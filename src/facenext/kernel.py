@@ -3,16 +3,24 @@
 ``facenext kernel CONFIG`` writes a folder with two parts:
 
 - ``toolkit/``: a Kaggle dataset (``dataset-metadata.json`` + a wheel of FaceNext built here, offline, with
-  ``pip wheel --no-deps --no-build-isolation``). The notebook has no internet; torch, timm and albumentations
-  are preinstalled there, so only FaceNext itself is installed, with ``pip install --no-index --no-deps``.
-- ``notebook/``: ``kernel-metadata.json`` (GPU on, internet off, the competitions and the toolkit dataset as
-  sources) and ``notebook.py``, a script with the config embedded that installs FaceNext from
-  ``/kaggle/input/facenext-toolkit``, trains (``data.root=/kaggle/input``, runs under ``/kaggle/working/runs``,
-  ``train.budget=11h`` unless the config or the command line sets a budget, so that the schedule completes),
-  predicts, ensembles into ``/kaggle/working/submission.csv`` and runs verify when verification data is present.
+  ``pip wheel --no-deps --no-build-isolation``). torch, timm and albumentations are preinstalled in a notebook, so
+  only FaceNext itself is installed, with ``pip install --no-index --no-deps``.
+- ``notebook/``: ``kernel-metadata.json`` (GPU on, internet off unless W&B logs the run, the competitions and the
+  toolkit dataset as sources) and ``notebook.py``, a script with the config embedded that installs FaceNext from
+  ``/kaggle/input/facenext-toolkit``, finds the competition (``data.root=/kaggle/input/<slug>`` when one is
+  attached; F26's late-submission twin holds the same data and is not attached by default) and its submission
+  format before training (a format that is not known stops it at once, not hours later), trains (runs under
+  ``/kaggle/working/runs``, ``train.budget=11h`` unless the config or the command line sets a budget, so that the
+  schedule completes), predicts the test images, verifies (pair scores or identity matches) when verification data
+  is attached, writes the term's submission file to ``/kaggle/working/submission.csv`` (F26: both parts in one
+  file), checks it against the data, and prints the grading description (``facenext.grading``).
   It trains on every GPU of the session (a T4 x2 session: two processes under torchrun, the config's global
   batch split between them) with ``os.cpu_count() // processes`` data workers per process (at least 1; Kaggle's
   4 CPUs give 2 each on T4 x2, 4 on one GPU), and prints what it chose.
+
+With ``wandb`` (``--wandb``, or ``train.log_to`` naming wandb) the notebook's internet is on and training logs to
+Weights & Biases with the key from the notebook's Kaggle secret ``WANDB_API_KEY``, so that the printed description
+names the run; without it the notebook says that grading needs a W&B run and how to attach one.
 
 ``--push`` creates (or versions) the dataset and then pushes the notebook through the ``kaggle`` client;
 ``facenext kernel-status`` and ``kernel-output`` follow it and fetch its outputs.
@@ -40,6 +48,7 @@ KERNEL_REF = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_-]+$")
 # Training's share of the 12-hour session when the config sets no train.budget: the schedule is planned to end inside
 # it, leaving time to install, predict and verify; train.time_limit (11.5 h there) stays the hard stop.
 KAGGLE_BUDGET = "11h"
+WANDB_SECRET = "WANDB_API_KEY"  # the Kaggle secret (and environment variable) holding the W&B API key
 
 
 def kaggle_username(user: str | None = None) -> str:
@@ -94,19 +103,59 @@ def _competitions(config: Any, competitions: list[str] | None) -> list[str]:
         return list(dict.fromkeys(competitions))
     from .competitions import get_term
 
-    term = config.data.term if config.data.term != "auto" else "f23"
-    return list(get_term(term).slugs)
+    term = get_term(config.data.term if config.data.term != "auto" else "f23")
+    # F26's second slug is the late-submission twin of the same competition: attaching both would put two copies of
+    # the same data under /kaggle/input. Two slugs of other terms are two competitions, each with its own data.
+    return list(term.slugs[:1] if term.family == "combined" else term.slugs)
 
 
-def notebook_script(config_text: str, overrides: list[str], competitions: list[str], run_name: str) -> str:
-    """The notebook's code: installs FaceNext offline, trains, predicts, ensembles, verifies."""
+def notebook_script(
+    config_text: str,
+    overrides: list[str],
+    competitions: list[str],
+    run_name: str,
+    wandb: bool = False,
+    tag: str | None = None,
+) -> str:
+    """The notebook's code: installs FaceNext offline, trains, predicts, verifies, writes and checks the submission,
+    prints the grading description; with ``wandb`` it logs the run to W&B (key from the Kaggle secrets)."""
     return NOTEBOOK.format(
         config=json.dumps(config_text),
         overrides=json.dumps(overrides),
         competitions=json.dumps(competitions),
         toolkit=json.dumps(TOOLKIT),
         run=json.dumps(run_name),
+        wandb=repr(bool(wandb)),
+        tag=repr(tag),
+        secret=json.dumps(WANDB_SECRET),
     )
+
+
+def kernel_metadata(user: str, slug: str, title: str, competitions: list[str], internet: bool) -> dict[str, Any]:
+    """``kernel-metadata.json``: a private GPU script with the competitions and the toolkit dataset attached; the
+    internet on only where W&B logging needs it."""
+    return {
+        "id": f"{user}/{slug}",
+        "title": title,
+        "code_file": CODE_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": internet,
+        "dataset_sources": [f"{user}/{TOOLKIT}"],
+        "competition_sources": competitions,
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+
+
+def wandb_overrides(log_to: list[str], wandb: bool) -> tuple[bool, list[str]]:
+    """(whether the notebook logs to W&B, the override that turns it on): ``--wandb`` adds wandb to train.log_to."""
+    if "wandb" in log_to or not wandb:
+        return "wandb" in log_to, []
+    return True, [f"train.log_to=[{','.join([*log_to, 'wandb'])}]"]
 
 
 def build_bundle(
@@ -115,14 +164,20 @@ def build_bundle(
     competitions: list[str] | None = None,
     user: str | None = None,
     overrides: list[str] | None = None,
+    wandb: bool = False,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out/notebook`` and ``out/toolkit`` (see the module's docstring); returns a summary (also printed)."""
     from .config import load_config
+    from .grading import check_tag
 
+    check_tag(tag)
     overrides = list(overrides or [])
     loaded = load_config(config, overrides)  # refuse a broken config here, not hours later on Kaggle
     if loaded.train.budget is None:
         overrides = [f"train.budget={KAGGLE_BUDGET}", *overrides]
+    wandb, extra = wandb_overrides(list(loaded.train.log_to), wandb)
+    overrides += extra
     user = kaggle_username(user)
     slug, title = kernel_slug(config)
     slugs = _competitions(loaded, competitions)
@@ -139,29 +194,21 @@ def build_bundle(
         "description": "The FaceNext package as a wheel, for `pip install --no-index --no-deps` in a notebook.",
     }
     (toolkit / "dataset-metadata.json").write_text(json.dumps(dataset, indent=2) + "\n")
-    metadata = {
-        "id": f"{user}/{slug}",
-        "title": title,
-        "code_file": CODE_FILE,
-        "language": "python",
-        "kernel_type": "script",
-        "is_private": True,
-        "enable_gpu": True,
-        "enable_tpu": False,
-        "enable_internet": False,
-        "dataset_sources": [f"{user}/{TOOLKIT}"],
-        "competition_sources": slugs,
-        "kernel_sources": [],
-        "model_sources": [],
-    }
+    metadata = kernel_metadata(user, slug, title, slugs, internet=wandb)
     (notebook / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    script = notebook_script(Path(config).read_text(), overrides, slugs, Path(config).stem)
+    script = notebook_script(Path(config).read_text(), overrides, slugs, Path(config).stem, wandb, tag)
     (notebook / CODE_FILE).write_text(script)
     summary = {"notebook": str(notebook), "toolkit": str(toolkit), "wheel": wheel.name, "kernel": metadata["id"]}
     summary["competitions"] = slugs
     summary["budget"] = loaded.train.budget or KAGGLE_BUDGET
+    summary["wandb"] = wandb
     print(f"wrote {notebook} (kernel {metadata['id']}, competitions {', '.join(slugs)}) and {toolkit} ({wheel.name})")
     print(f"training is planned to end inside train.budget={summary['budget']} (pass train.budget=... to change it)")
+    if wandb:
+        print(
+            f"W&B: the notebook's internet is on; save your W&B API key as the Kaggle secret {WANDB_SECRET} and attach "
+            "it to the notebook (Add-ons -> Secrets) before it runs"
+        )
     return summary
 
 
@@ -243,9 +290,11 @@ def kernel_output(kernel: str, out: str | Path | None = None) -> list[Path]:
 
 
 NOTEBOOK = '''\
-"""FaceNext on Kaggle, written by `facenext kernel`: install offline, train, predict, ensemble, verify.
+"""FaceNext on Kaggle, written by `facenext kernel`: install offline, train, predict, verify, write and check the
+term's submission file, print the grading description.
 
-Attach the competition(s) and the toolkit dataset; the notebook needs no internet.
+Attach the competition(s) and the toolkit dataset. The notebook needs no internet, unless it logs to Weights & Biases
+(WANDB below): then turn the internet on and attach your W&B API key as the Kaggle secret named in SECRET.
 """
 
 import os
@@ -258,8 +307,12 @@ OVERRIDES = {overrides}
 COMPETITIONS = {competitions}
 RUN = {run}
 TOOLKIT = {toolkit}  # the dataset holding FaceNext's wheel
+WANDB = {wandb}  # log the run to W&B, so that the grading description can name it
+TAG = {tag}  # the grading back-end's tag (None: the term's)
+SECRET = {secret}  # the Kaggle secret holding the W&B API key
 KAGGLE = Path(os.environ.get("FACENEXT_KAGGLE_ROOT") or "/kaggle")  # set only by FaceNext's tests
 INPUT, WORKING = KAGGLE / "input", KAGGLE / "working"
+DATA = INPUT / COMPETITIONS[0] if len(COMPETITIONS) == 1 else INPUT  # the slug in the path names the term
 os.environ.setdefault("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # FaceNext then budgets for the 12-hour session
 WORKING.mkdir(parents=True, exist_ok=True)
 os.chdir(WORKING)
@@ -275,7 +328,11 @@ subprocess.run([sys.executable, "-m", "pip", *install], check=True)
 sys.path.insert(0, str(target))
 
 from facenext.cli import main  # noqa: E402
+from facenext.config import load_config  # noqa: E402
 from facenext.data.layout import find_layout  # noqa: E402
+from facenext.errors import UserError  # noqa: E402
+from facenext.grading import notebook_grading_lines  # noqa: E402
+from facenext.submission import submission_format  # noqa: E402
 
 print("using FaceNext from", Path(sys.modules["facenext.cli"].__file__).parent, flush=True)
 
@@ -298,12 +355,44 @@ def session_plan():
     return gpus, processes, cpus, max(1, cpus // processes)
 
 
-# 2. Train on every GPU, predict, ensemble into /kaggle/working/submission.csv.
+def connect_wandb():
+    """The W&B key from the notebook's Kaggle secret (or the environment), and wandb (the internet is on)."""
+    if not os.environ.get(SECRET):
+        try:
+            from kaggle_secrets import UserSecretsClient
+
+            os.environ[SECRET] = UserSecretsClient().get_secret(SECRET)
+        except Exception as e:  # no secret attached, or not on Kaggle
+            sys.exit(
+                f"W&B logging needs your W&B API key as the Kaggle secret {{SECRET}} ({{type(e).__name__}}): in the "
+                "notebook editor, Add-ons -> Secrets -> add it and attach it here, with the internet on; or rebuild "
+                "the notebook without --wandb"
+            )
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "wandb"], check=True)
+    print(f"W&B: logging the run with the key from the secret {{SECRET}}", flush=True)
+
+
+# 2. The competition and its submission format, before hours of training.
 (WORKING / "config.yaml").write_text(CONFIG)
+try:
+    config = load_config(WORKING / "config.yaml", OVERRIDES)
+    layout = find_layout(DATA, config.data.term)
+    # F26: the download's sample submission, else predict.submission_format; never a guess
+    fmt = submission_format(layout, config.predict.submission_format).name if layout.family.name == "combined" else None
+except UserError as e:
+    sys.exit(f"facenext: error: {{e}}")
+print(f"competition: {{layout.term.title}} ({{layout.term.key}}) in {{layout.root}}", flush=True)
+if WANDB:
+    connect_wandb()
+
+# 3. Train on every GPU.
 run, predictions = WORKING / "runs" / RUN, WORKING / "submissions"
 gpus, processes, cpus, workers = session_plan()
 # The notebook's worker count goes first: data.num_workers in OVERRIDES (facenext kernel ... data.num_workers=N) wins.
-train = ["train", WORKING / "config.yaml", "--out", run, f"data.root={{INPUT}}", f"data.num_workers={{workers}}"]
+train = ["train", WORKING / "config.yaml", "--out", run, f"data.root={{DATA}}", f"data.num_workers={{workers}}"]
 train += OVERRIDES
 print(
     f"session: {{gpus}} GPU(s), {{cpus}} CPUs: training in {{processes}} process(es)"
@@ -321,14 +410,25 @@ if processes > 1:
         sys.exit(code)
 else:
     facenext(*train)
-facenext("predict", run, "--out", predictions / RUN)
-facenext("ensemble", run, "--predictions", predictions, "--out", WORKING / "submission.csv")
 
-# 3. Verification, when a verification competition is attached.
-layout = find_layout(INPUT)
+# 4. Test predictions, verification (pair scores or identity matches), then the file the competition scores.
+out = predictions / RUN
+if layout.dev is not None:  # dev logits: the ensemble step reports dev accuracy (F26: the combined dev score)
+    facenext("predict", run, "--split", "dev", "--out", out)
+if layout.test is not None:
+    facenext("predict", run, "--out", out)
 if layout.known is not None or layout.val_pairs is not None:
-    facenext("verify", run, "--out", predictions / RUN)
+    facenext("verify", run, "--out", out)
 else:
     print("no verification data attached: verification skipped")
-print("done:", WORKING / "submission.csv")
+submission = WORKING / "submission.csv"
+facenext("ensemble", run, "--predictions", predictions, "--out", submission, *(["--format", fmt] if fmt else []))
+facenext("check-submission", submission, "--data", DATA, "--term", layout.term.key)
+print("done:", submission, flush=True)
+if (out / "verification_submission.csv").is_file():
+    print("verification submission:", out / "verification_submission.csv")
+
+# 5. The grading description: the Kaggle submission's description must be exactly this.
+for line in notebook_grading_lines(run, layout.term, TAG, WANDB):
+    print(line)
 '''

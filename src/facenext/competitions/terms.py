@@ -25,6 +25,9 @@ class Term:
     # apart terms that unpack to the same folder (S26 and F26: hw2p2_data/) when neither a slug nor a marker does.
     test_labels: bool | None = None
     eer_in_percent: bool = False  # the leaderboard shows the EER in percent (S26: 3.37 means 0.0337)
+    # The course's grading back-end reads the W&B run from a description "<tag>|WB=<entity>/<project>/<run_id>"
+    # (facenext.grading); None: the term is not known to grade that way.
+    grading_tag: str | None = None
     submission_format: str | None = None  # default format name; None: the sample submission or the user decides
     id_digits: int = 6  # zero padding of classification test ids (000000.jpg)
     cls_dir: str = ""  # classification folder (relative to the data root, searched up to two levels down)
@@ -205,6 +208,7 @@ TERMS: dict[str, Term] = {
             family="combined",
             submission_format=None,
             test_labels=False,
+            grading_tag="",  # the stored F26 back-end config sets no tag: the prefix is "|WB=" (--tag overrides)
         ),
     )
 }
