@@ -12,6 +12,7 @@ import numpy as np
 
 from .data.layout import Layout
 from .io import write_json, write_npz
+from .limits import runs_record
 from .submission import classification_ids, submission_record, write_combined
 
 PAIR_SCORES = "pair_scores.npz"
@@ -58,7 +59,7 @@ def write_run_submission(out: Path, layout: Layout, fmt: str | None, num_classes
         return None
     path = out / "submission.csv"
     chosen = write_combined(path, layout, logits.argmax(1), scores["test_scores"], fmt, num_classes)
-    write_json(path.with_suffix(".json"), {"runs": [str(run)], "format": chosen.name, "term": layout.term.key})
+    write_json(path.with_suffix(".json"), {**runs_record([run]), "format": chosen.name, "term": layout.term.key})
     print(f"wrote {path} ({len(ids)} test images + {len(scores['test_scores'])} test pairs, format {chosen.name})")
     return path
 
