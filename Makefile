@@ -68,7 +68,7 @@ verify: setup
 	$(FACENEXT) verify $(RUN)
 
 submit: setup
-	$(FACENEXT) submit $(FILE) --competition $(COMP) $(if $(MSG),--message "$(MSG)") $(if $(TAG),--tag $(TAG)) \
+	$(FACENEXT) submit $(FILE) --competition $(COMP) --data $(DATA) $(if $(MSG),--message "$(MSG)") $(if $(TAG),--tag $(TAG)) \
 		$(if $(WANDB),--wandb $(WANDB))
 
 clean-demo:

@@ -345,6 +345,10 @@ def test_s22_submit_accepts_the_id_match_file_verify_writes(fake, tmp_path):
     pairs = pd.read_csv(layout.test_pairs)
     path = tmp_path / "verification_submission.csv"
     pd.DataFrame({"id": range(len(pairs)), "match": np.linspace(-1, 1, len(pairs))}).to_csv(path, index=False)
+    run_dir = tmp_path / "runs" / "r"  # the run behind the file, as `verify` records it: counted against 35 M
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"parameters": 1_000_000}))
+    path.with_suffix(".json").write_text(json.dumps({"runs": [str(run_dir)]}))
     slug = "11-785-s22-hw2p2-verification"
     result = run(fake.env(tmp_path), "submit", path, "--competition", slug, "--data", data, "--dry-run")
     assert result.returncode == 0, result.stderr

@@ -161,8 +161,15 @@ def test_notebook_input_is_used_as_is(tmp_path, monkeypatch):
 
 
 def submission_file(competition, path: Path) -> Path:
+    """A classification file for the sample competition, and (unless there is one) the record `predict` writes
+    beside it: the run behind it, whose summary gives its parameters for the limit."""
     ids, _ = classification_ids(find_layout(competition))
     path.write_text("id,label\n" + "".join(f"{i},{n % 3}\n" for n, i in enumerate(ids)))
+    if not path.with_suffix(".json").exists():
+        run = path.parent / "runs" / "tiny"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "summary.json").write_text(json.dumps({"parameters": 1_000_000, "best_dev_acc": 0.5}))
+        path.with_suffix(".json").write_text(json.dumps({"runs": [str(run)]}))
     return path
 
 
@@ -265,7 +272,7 @@ def test_submit_server_error_500(fake, competition, tmp_path):
 def test_submit_default_message_names_runs_and_dev_scores(fake, competition, tmp_path):
     for name, acc in (("a", 0.875), ("b", 0.9)):
         (tmp_path / "runs" / name).mkdir(parents=True)
-        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps({"best_dev_acc": acc}))
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps({"best_dev_acc": acc, "parameters": 10}))
     runs = [str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")]
     (tmp_path / "submission.json").write_text(json.dumps({"runs": runs}))  # the ensemble's summary
     result = submit(fake, competition, tmp_path, "--wait", "0", message=())

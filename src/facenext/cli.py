@@ -140,6 +140,7 @@ def _submit(args: argparse.Namespace) -> None:
         wandb_run=args.wandb,
         runs_root=args.runs,
         fmt=args.format,
+        no_check=args.no_check,
     )
 
 
@@ -313,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message", help="submission description (default: the runs behind the file, dev scores)")
     p.add_argument("--data", default="data", help="data root used to check the file (default data)")
     p.add_argument("--dry-run", action="store_true", help="check the file only; upload nothing")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="upload without checking the file against the competition's data (--data) and the parameter limit",
+    )
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for the score (default 600; 0: none)")
     p.add_argument("--poll-interval", type=float, default=10, help="seconds between score checks (default 10)")
     p.add_argument("--tag", help=TAG_HELP)
@@ -321,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ENTITY/PROJECT/RUN_ID: the description becomes TAG|WB=ENTITY/PROJECT/RUN_ID, nothing else (default: "
         "the W&B run the file's run logged to)",
     )
-    p.add_argument("--runs", default="runs", help="folder of the run folders (default runs)")
+    p.add_argument(
+        "--runs", default="runs", help="folder of the run folders, where runs behind the file are also looked for"
+    )
     p.add_argument("--format", help=FORMAT_HELP + " or the format recorded beside the file")
     p.set_defaults(func=_submit)
 

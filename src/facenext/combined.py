@@ -16,6 +16,7 @@ import numpy as np
 from .data.layout import Layout
 from .errors import UserError
 from .io import write_json, write_npz
+from .limits import runs_record
 from .run import RunDir
 from .submission import classification_ids, submission_record, write_combined
 
@@ -137,7 +138,7 @@ def write_run_submission(
     check_same_weights(out, run, logits_part, scores, fresh)
     path = out / "submission.csv"
     chosen = write_combined(path, layout, logits.argmax(1), scores["test_scores"], fmt, num_classes, fmt_source)
-    write_json(path.with_suffix(".json"), {"runs": [str(run)], "format": chosen.name, "term": layout.term.key})
+    write_json(path.with_suffix(".json"), {**runs_record([run]), "format": chosen.name, "term": layout.term.key})
     print(f"wrote {path} ({len(ids)} test images + {len(scores['test_scores'])} test pairs, format {chosen.name})")
     return path
 

@@ -25,7 +25,7 @@ from .competitions import Family
 from .data.layout import Layout, find_layout
 from .errors import UserError
 from .io import write_json
-from .limits import check_limit, run_parameters
+from .limits import check_limit, known_parameters, run_parameters, runs_record
 from .run import RunDir
 from .submission import write_combined, write_submission
 from .verification.identity import (
@@ -253,6 +253,21 @@ def _dev_probs(folders: list[Path], names: list[str], parts: list[dict[str, np.n
     return _probs(dev), dev[0]["labels"]
 
 
+def prediction_folders(runs: list[str | Path], predictions: str | Path) -> list[Path]:
+    """Each run's saved outputs, ``predictions/<run name>``; two different runs with one name would share a folder,
+    and the ensemble would count one model's outputs twice, so they are refused."""
+    by_name: dict[str, Path] = {}
+    for run in runs:
+        where = Path(run).resolve()
+        other = by_name.setdefault(Path(run).name, where)
+        if other != where:
+            raise UserError(
+                f"{other} and {where} share the folder name {where.name}, so their predictions would share "
+                f"{Path(predictions) / where.name}: rename one run folder, then predict and verify it again"
+            )
+    return [Path(predictions) / Path(r).name for r in runs]
+
+
 def ensemble(
     runs: list[str | Path],
     out: str | Path = "submissions/submission.csv",
@@ -277,9 +292,14 @@ def ensemble(
     first = RunDir(runs[0])
     config, classes = first.config(), first.classes()
     layout = find_layout(data_root or config.data.root, config.data.term)
+    if fit_limit and layout.term.param_limit is None:
+        raise UserError(
+            f"--fit-limit: no parameter limit is known for {layout.term.key.upper()}, so every subset fits: "
+            "drop --fit-limit (the ensemble then uses every run)"
+        )
     family = layout.family
     names = [str(r) for r in runs]
-    folders = [Path(predictions) / Path(r).name for r in runs]
+    folders = prediction_folders(runs, predictions)
     uses_cls, uses_pairs = (part in family.submission_parts(layout.term) for part in ("classification", "pairs"))
     parts = [load_logits(f / "test_logits.npz") for f in folders] if uses_cls else []
     if parts:
@@ -293,8 +313,10 @@ def ensemble(
     dev_probs, labels = _dev_probs(folders, names, parts, weights == "fit" or fit_limit) if parts else (None, None)
     summary: dict[str, Any] = {"runs": names, "weighting": weights, "term": layout.term.key}
 
-    params = [run_parameters(r) or 0 for r in runs]  # an unknown count is named by check_limit below
-    if fit_limit and layout.term.param_limit is not None:
+    what = f"the ensemble of {', '.join(names)}"
+    counts = [run_parameters(r) for r in runs]
+    params = known_parameters([Path(r) for r in runs], layout.term, what, counts)  # unknown: refused under a limit
+    if fit_limit:
         keep, report = fit_to_limit(names, params, layout.term.param_limit, family, dev_probs, labels, pairs, folds)
         left_out = [n for i, n in enumerate(names) if i not in keep]
         print(
@@ -304,13 +326,14 @@ def ensemble(
         )
         summary.update(left_out=left_out, fit_limit=report)
         names, folders, params = [names[i] for i in keep], [folders[i] for i in keep], [params[i] for i in keep]
-        runs = [runs[i] for i in keep]
+        runs, counts = [runs[i] for i in keep], [counts[i] for i in keep]
         parts = [parts[i] for i in keep] if parts else []
         dev_probs = dev_probs[keep] if dev_probs is not None else None
         if pairs is not None:
             pairs = {**pairs, "val": pairs["val"][keep], "test": pairs["test"][keep]}
-        summary["runs"] = names
-    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, f"the ensemble of {', '.join(names)}")
+    what = f"the ensemble of {', '.join(names)}"
+    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, what, counts=counts)
+    summary.update(runs_record(runs, counts))  # absolute paths: `submit` finds the runs from any folder
 
     w = np.full(len(names), 1 / len(names))
     if dev_probs is not None:
@@ -443,11 +466,13 @@ def ensemble_verification(
     if layout.family.name == "combined":
         raise UserError(f"{layout.term.key.upper()} scores both tasks in one file: ensemble without --verification")
     names = [str(r) for r in runs]
-    folders = [Path(predictions) / Path(r).name for r in runs]
+    folders = prediction_folders(runs, predictions)
     out = Path(out)
     summary: dict[str, Any] = {"runs": names, "weighting": "equal", "term": layout.term.key, "task": "verification"}
     what = f"the ensemble of {', '.join(names)}"
-    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, what, hint="name fewer runs")
+    counts = [run_parameters(r) for r in runs]
+    summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, what, "name fewer runs", counts)
+    summary.update(runs_record(runs, counts))
     if layout.term.verification == "identity":
         summary.update(_ensemble_identities(folders, names, layout, out))
     else:

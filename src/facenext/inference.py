@@ -184,6 +184,9 @@ def image_loader(run: LoadedRun, paths: list[Path], batch_size: int) -> DataLoad
     return DataLoader(dataset, batch_size=batch_size, num_workers=d.num_workers, pin_memory=run.device.type == "cuda")
 
 
+UNREADABLE = "replace the file (`facenext check-data DATA` lists every unreadable image)"
+
+
 @torch.inference_mode()
 def infer(
     run: LoadedRun,
@@ -193,11 +196,13 @@ def infer(
     return_feats: bool = False,
     merge: str = "logit",
     fill: bool = False,
+    advice: str = UNREADABLE,
 ) -> Inference:
     """Run every TTA view of every batch through the model and merge them on the device.
 
-    An unreadable image raises a UserError naming it, unless ``fill``: then a black placeholder stands in for it and its
-    index is listed in ``failed`` for the caller to fill.
+    An unreadable image raises a UserError naming it and ending in ``advice`` (options of the calling command only),
+    unless ``fill``: then a black placeholder stands in for it and its index is listed in ``failed`` for the caller
+    to fill.
     """
     if merge not in MERGES:
         raise UserError(f"unknown merge {merge!r}: use one of {', '.join(MERGES)}")
@@ -210,7 +215,7 @@ def infer(
     for images, ok in image_loader(run, paths, batch_size):
         bad = (~ok).nonzero().flatten().tolist()
         if bad and not fill:
-            raise UserError(f"cannot read image {paths[start + bad[0]]}: replace the file, or predict with --fill")
+            raise UserError(f"cannot read image {paths[start + bad[0]]}: {advice}")
         failed += [start + i for i in bad]
         start += len(images)
         images = to_model(images)

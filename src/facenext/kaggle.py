@@ -235,41 +235,57 @@ def _replace(partial: Path, target: Path) -> None:
     partial.rename(target)
 
 
-def _check_against_data(
-    path: Path, competition: str, data_root: Path | None, fmt: str | None = None
-) -> tuple[bool, Any]:
-    """Check the submission against the competition's files in ``data_root``: (checked, layout or None).
+def _check_against_data(path: Path, competition: str, data_root: Path | None, fmt: str | None = None) -> Any:
+    """Check the submission against the competition's files in ``data_root``; returns the layout checked against.
 
     The slug names the term (and, for a term with two competitions, which file it is); for another slug (a sample,
-    a new term) the file is checked against whatever single competition the data root holds, if it can tell.
+    a new term) the file is checked against whatever single competition the data root holds. Without a local copy
+    of the competition nothing can be checked: refused (``--no-check`` uploads unchecked).
     """
+    from .combined import recorded_format
     from .competitions import term_of_slug
     from .data.layout import AmbiguousData, find_layout
-    from .submission import check_submission, read_submission
+    from .submission import check_submission
 
-    frame = read_submission(path)
-    if data_root is None:
-        return False, None
     term = term_of_slug(competition)
     try:
+        if data_root is None:
+            raise UserError("no data folder given")
         layout = find_layout(data_root, term.key if term else "auto")
     except AmbiguousData:
         raise  # several competitions could be meant: say which to check against
-    except UserError:
-        return False, None  # no local copy of the competition: the format checks above are all we can do
+    except UserError as e:
+        where = f"under {data_root}" if data_root is not None else "(no --data)"
+        reason = str(e).split(":")[0]
+        raise UserError(
+            f"cannot check {path} before uploading it: no copy of {competition} {where} ({reason}); pass --data DIR "
+            f"(where `facenext download {competition}` put it), or --no-check to upload it unchecked"
+        ) from None
     slugs = layout.term.slugs
+    kind = None
     if term is not None and len(slugs) == 2 and layout.family.name != "combined":
         kind = "classification" if competition == slugs[0] else "verification"
-    elif term is not None:
-        kind = None
-    elif frame.iloc[:, 1].str.fullmatch(r"\d+").all() and layout.test is not None:
-        kind = "classification"  # another slug (a sample, a new term): integer labels are classification
-    else:
-        return False, layout
-    from .combined import recorded_format
-
     check_submission(path, layout, kind, fmt=fmt or recorded_format(path))
-    return True, layout
+    return layout
+
+
+def _check_models(path: Path, term: Any, runs_root: str | Path) -> int | None:
+    """The parameters of the models behind ``path`` together, refused over the term's limit or unknown under it."""
+    from .limits import check_limit, runs_behind_file
+
+    if term.param_limit is None:
+        return None
+    limit = f"the {term.key.upper()} limit of {term.param_limit / 1e6:g} M (all models of a submission together)"
+    behind = runs_behind_file(path, runs_root)
+    if not behind:
+        raise UserError(
+            f"nothing records the models behind {path}, so {limit} cannot be checked: submit a file that `facenext "
+            f"predict`, `verify` or `ensemble` wrote (its {path.with_suffix('.json').name} names the runs), or pass "
+            "--no-check to upload it unchecked"
+        )
+    hint = f"pass --runs DIR (the folder holding them; {runs_root} was searched), or --no-check to upload it unchecked"
+    counts = [run.count() for run in behind]
+    return check_limit([run.path for run in behind], term, str(path), counts=counts, unknown_hint=hint)
 
 
 def default_message(file: str | Path, runs_root: str | Path = "runs") -> str:
@@ -374,13 +390,18 @@ def submit(
     wandb_run: str | None = None,
     runs_root: str | Path = "runs",
     fmt: str | None = None,
+    no_check: bool = False,
 ) -> dict:
     """Check ``file`` and, unless ``dry_run``, upload it to ``competition`` and follow it until it is scored (at most
     ``wait`` seconds; 0 does not wait); returns a summary (also printed). ``message`` defaults to
     :func:`default_message`.
 
-    The models behind the file (its ensemble summary, or the run folder it was written for) must fit the term's
-    parameter limit together. The description is ``message`` exactly as given; else the grading reference
+    The file is checked against the competition's files under ``data_root`` and the models behind it (its record,
+    ``<file>.json``) must fit the term's parameter limit together; what cannot be checked (no local copy of the
+    competition, models that cannot be counted) is refused, unless ``no_check``: then nothing is checked but the
+    file's own reading (a CSV with unique ids), and the output says so.
+
+    The description is ``message`` exactly as given; else the grading reference
     ``<tag>|WB=<entity>/<project>/<run_id>`` and nothing else, when ``wandb_run`` is given or a run behind the file
     logged to W&B (``tag``: the term's unless given); else :func:`default_message`. Where the term grades by a W&B
     reference and the back-end's rule reads none from the description, one warning line says so before uploading
@@ -388,7 +409,7 @@ def submit(
     """
     from .competitions import term_of_slug
     from .grading import check_tag, leaderboard_value, submission_description
-    from .limits import check_limit, runs_behind
+    from .limits import runs_behind
     from .submission import read_submission
 
     _check_slug(competition)
@@ -396,28 +417,36 @@ def submit(
     frame = read_submission(path)
     runs = runs_behind(path, runs_root)
     check_tag(tag)
-    checked, layout = _check_against_data(path, competition, Path(data_root) if data_root else None, fmt)
     summary: dict[str, Any] = {"file": str(path), "competition": competition, "rows": len(frame)}
-    summary["checked_against_data"] = checked
-    term = term_of_slug(competition) or (layout.term if layout is not None else None)
+    summary["checked_against_data"] = not no_check
+    if no_check:
+        state = "NOT checked against the competition's files or parameter limit (--no-check)"
+        term = term_of_slug(competition)
+    else:
+        layout = _check_against_data(path, competition, Path(data_root) if data_root else None, fmt)
+        term = term_of_slug(competition) or layout.term
+        summary["parameters"] = parameters = _check_models(path, term, runs_root)
+        state = "OK"
+        if parameters is not None:
+            limit = f"{term.key.upper()} limit of {term.param_limit / 1e6:g} M"
+            print(f"{path}: its models have {parameters / 1e6:.2f} M parameters together, within the {limit}")
     default = default_message(path, runs_root) if message is None else ""
     message, warning = submission_description(message, tag, wandb_run, runs, term, default)
-    if term is not None and runs:
-        summary["parameters"] = check_limit(runs, term, str(path))
-    elif term is not None and term.param_limit is not None:
-        print(f"note: the runs behind {path} are unknown, so the {term.param_limit / 1e6:g} M limit is not checked")
     summary["description"] = message
     if warning:
         print(f"facenext: warning: {warning}", file=sys.stderr)
     if dry_run:
-        print(f"{path}: {len(frame)} rows OK; dry run, nothing uploaded to {competition} (description {message!r})")
+        print(
+            f"{path}: {len(frame)} rows {state}; dry run, nothing uploaded to {competition} (description {message!r})"
+        )
         return {**summary, "uploaded": False}
     api = authenticated_api()
     with _quiet_client(), _mapped_errors(competition, "submit to"):
         response = api.competition_submit(str(path), message, competition, quiet=True)
     if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"uploading {path} to {competition} failed: check the connection and retry")
-    print(f"{path}: {len(frame)} rows submitted to {competition} as {message!r}: {response.message}")
+    unchecked = " unchecked (--no-check)" if no_check else ""
+    print(f"{path}: {len(frame)} rows submitted{unchecked} to {competition} as {message!r}: {response.message}")
     summary = {**summary, "uploaded": True, "message": response.message, "ref": response.ref}
     if wait <= 0:
         print(f"not waiting for the score: `facenext submissions {competition}` shows it once Kaggle has scored it")

@@ -15,7 +15,8 @@ from .data.layout import Layout, find_layout, list_classes
 from .errors import UserError
 from .inference import infer, load_run
 from .io import atomic_write, write_json
-from .submission import classification_ids, write_submission
+from .limits import runs_record
+from .submission import classification_ids, scored_kinds, write_submission
 
 
 def save_logits(
@@ -114,7 +115,8 @@ def predict(
         paths, labels = [layout.test / f for f in files], None
     else:
         raise UserError(f"unknown split {split!r}: use dev or test")
-    result = infer(run, paths, tta, run.config.predict.batch_size, merge=merge, fill=fill)
+    advice = "replace the file, or predict with --fill (the most common prediction stands in for it)"
+    result = infer(run, paths, tta, run.config.predict.batch_size, merge=merge, fill=fill, advice=advice)
     logits = result.merged
     if result.failed:
         logits = fill_failed(logits, result.failed)
@@ -148,6 +150,11 @@ def predict(
         combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "predict", source)
         if combined is not None:
             summary["submission"] = str(combined)
+    elif "classification" not in scored_kinds(layout):  # S25, F25, S26: a class file would not be scored
+        print(
+            f"{run.name}: saved the test logits; the {layout.term.key.upper()} competition ranks only the test pairs' "
+            "scores: `facenext verify RUN` writes its submission"
+        )
     else:
         submission = out / "submission.csv"
         write_submission(
@@ -157,6 +164,7 @@ def predict(
             kind="classification",
             num_classes=len(run.classes),
         )
+        write_json(submission.with_suffix(".json"), {**runs_record([run.path]), "term": layout.term.key})
         summary["submission"] = str(submission)
         print(f"{run.name}: wrote {submission} ({len(ids)} rows, tta {tta}, {merge})")
     summary["images"] = len(paths)

@@ -23,6 +23,7 @@ from .data.datasets import FaceImages
 from .data.layout import Layout, read_pairs
 from .data.transforms import BatchToModel, eval_transform
 from .device import autocast
+from .errors import UserError
 
 
 class DevPairs:
@@ -33,6 +34,12 @@ class DevPairs:
 
         pairs = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
         paths, self.first, self.second = pair_images(layout, pairs)
+        missing = [p for p in paths if not p.is_file()]
+        if missing:  # the dataset would put another image in each one's place: every score with it would be wrong
+            raise UserError(
+                f"{layout.val_pairs.name} names {len(missing)} images that do not exist (e.g. {missing[0]}): "
+                "re-download the competition (`facenext check-data` lists them all)"
+            )
         self.labels = pairs["label"].astype(int).to_numpy()
         size = config.data.image_size
         self.images = FaceImages(paths, None, eval_transform(size), size)

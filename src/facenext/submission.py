@@ -40,7 +40,12 @@ def classification_ids(layout: Layout) -> tuple[list[str], list[str]]:
     The sample submission, when the competition ships one, decides the id format and row order.
     """
     if layout.test is None:
-        raise UserError(f"the {layout.term.key} competition has no classification test split: use --split dev")
+        if layout.term.test is not None:
+            raise UserError(f"no classification test images ({layout.term.test}/) under {layout.root}: re-download it")
+        raise UserError(
+            f"the {layout.term.key.upper()} competition has no classification test split "
+            "(`facenext predict RUN --split dev` predicts the dev split)"
+        )
     files = list_images(layout.test)
     if not files:
         raise UserError(f"{layout.test} holds no images: the download may be incomplete, run `make download` again")
@@ -441,6 +446,33 @@ def _kind_format(layout: Layout, kind: str, requested: str | None, source: str |
     raise UserError(f"unknown submission kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
+def scored_kinds(layout: Layout) -> tuple[str, ...]:
+    """The submission kinds the term's competitions score: F26 one combined file; F24, S25, F25 and S26 the test
+    pairs' scores alone; S22 and the identity-matching terms a classification and a verification competition."""
+    if layout.family.name == "combined":
+        return ("combined",)
+    if layout.family.uses_pairs() and len(layout.term.slugs) == 1:
+        return ("verification",)
+    return ("classification", "verification")
+
+
+def _refuse_unscored(kind: str, layout: Layout, name: Path, guessed: bool) -> None:
+    """A one-line UserError when the term's competition does not score a ``kind`` file."""
+    scored = scored_kinds(layout)
+    if kind in scored:
+        return
+    key = layout.term.key.upper()
+    wanted = {
+        ("combined",): "one file with both tasks (`facenext ensemble`, or `predict` and `verify`, write it)",
+        ("verification",): (
+            f"only the test pairs' scores ({','.join(layout.term.pair_header)}, one row per test pair: "
+            "`facenext verify RUN` writes it)"
+        ),
+    }.get(scored, " or ".join(scored) + " files")
+    looks = f"{name} looks like a {kind} file" if guessed else f"{name} was checked as a {kind} file (--kind)"
+    raise UserError(f"{looks}, but the {key} competition scores {wanted}")
+
+
 def _guess_kind(frame: pd.DataFrame, layout: Layout) -> str:
     if layout.family.name == "combined":
         return "combined"
@@ -450,6 +482,8 @@ def _guess_kind(frame: pd.DataFrame, layout: Layout) -> str:
         return "verification"
     if "label" in frame.columns and frame["label"].str.fullmatch(r"-?\d+").all():
         return "classification"
+    if "classification" not in scored_kinds(layout):  # S25 to S26: anything else is meant as pair scores
+        return "verification"
     return "verification" if layout.unknown_test is not None else "classification"
 
 
@@ -472,7 +506,10 @@ def check_submission(
     """
     name = name or path
     frame = read_submission(path, name)
+    guessed = kind is None
     kind = kind or _guess_kind(frame, layout)
+    if kind in KINDS:
+        _refuse_unscored(kind, layout, name, guessed)
     checker = _kind_format(layout, kind, fmt, fmt_source)
     checker.check(frame, layout, name, num_classes)
     return checker

@@ -17,7 +17,16 @@ from PIL import Image
 
 from ..errors import UserError
 from .datasets import DECODE_ERRORS
-from .layout import IMAGE_SUFFIXES, LABELS_FILE, Layout, find_layout, list_classes, read_labels, read_pairs
+from .layout import (
+    IMAGE_SUFFIXES,
+    LABELS_FILE,
+    Layout,
+    find_layout,
+    label_problems,
+    list_classes,
+    read_labels,
+    read_pairs,
+)
 
 SHOW = 5  # names shown per problem
 SIZE_SAMPLE = 8  # images per split whose size is read
@@ -60,6 +69,8 @@ def _scan_identity_split(report: Report, name: str, folder: Path) -> tuple[Split
     """An identity-folder split or an S25 labels.txt split: its images and identities, with problems noted."""
     images: list[Path] = []
     if (folder / LABELS_FILE).is_file():
+        for problem in label_problems(folder, report.layout.term.num_classes):
+            report.problem(f"{name}: {problem.what}", problem.examples)
         items = read_labels(folder)
         identities = {identity for _, identity in items}
         missing = [rel for rel, _ in items if not (folder / rel).is_file()]
@@ -146,6 +157,8 @@ def _check_pairs(report: Report) -> None:
     layout = report.layout
     if layout.test_labels is not None:
         report.notes.append(f"test labels: {len(read_labels(layout.test_labels.parent))} lines [{layout.test_labels}]")
+        for problem in label_problems(layout.test_labels.parent, layout.term.num_classes):
+            report.problem(f"test: {problem.what}", problem.examples)
     if not layout.family.uses_pairs():
         return
     from ..competitions.families import pair_image_base
@@ -155,7 +168,11 @@ def _check_pairs(report: Report) -> None:
         if path is None:
             report.problem(f"{what}: {term.val_pairs if labelled else term.test_pairs} not found", [layout.root])
             continue
-        pairs = read_pairs(path, labelled, csv=term.pairs_csv)
+        try:
+            pairs = read_pairs(path, labelled, csv=term.pairs_csv)
+        except UserError as e:  # reported with the rest: a broken pair file is one problem among others
+            report.problem(f"{what}: {e}", [path.name])
+            continue
         names = pd.unique(pd.concat([pairs["img1"], pairs["img2"]]))
         base = pair_image_base(layout, str(names[0])) if len(names) else path.parent
         missing = [n for n in names if not (base / n).is_file()]

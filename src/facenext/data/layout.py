@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
@@ -86,38 +86,154 @@ def list_classes(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def read_labels(folder: Path) -> list[tuple[str, str]]:
-    """``(image path relative to folder, class id)`` for each line of ``folder/labels.txt``, in file order.
+def _lines(path: Path) -> list[str]:
+    """The file's lines, a UTF-8 byte order mark (which some editors add) removed from the first."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a UTF-8 text file ({e.reason} at byte {e.start}): re-download it") from None
 
-    A line is ``<image_file> <class_id>`` (``train_000000.jpg 4521``): the file name relative to ``images/`` and an
-    integer id. A leading ``images/`` in the file name is accepted too.
-    """
+
+def label_lines(folder: Path) -> list[tuple[int, str, str]]:
+    """``(line number, image path relative to folder, class id)`` for every line of ``folder/labels.txt``, repeats
+    included: what ``check-data`` inspects (``read_labels`` gives each image once)."""
     path = Path(folder) / LABELS_FILE
     items = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         fields = line.split()
         if len(fields) != 2 or not fields[1].lstrip("-").isdigit() or int(fields[1]) < 0:
             raise UserError(f"{path}, line {number}: expected `<image_file> <class_id>`, got {line.strip()!r}")
         name = fields[0].removeprefix(f"{IMAGES_DIR}/")
-        items.append((f"{IMAGES_DIR}/{name}", str(int(fields[1]))))
+        items.append((number, f"{IMAGES_DIR}/{name}", str(int(fields[1]))))
     return items
 
 
+def read_labels(folder: Path) -> list[tuple[str, str]]:
+    """``(image path relative to folder, class id)`` for each line of ``folder/labels.txt``, in file order.
+
+    A line is ``<image_file> <class_id>`` (``train_000000.jpg 4521``): the file name relative to ``images/`` and an
+    integer id. A leading ``images/`` in the file name is accepted too. A line repeated exactly is read once;
+    ``label_problems`` names the repeats, files listed under two classes and ids outside the term's range.
+    """
+    return list(dict.fromkeys((rel, class_id) for _, rel, class_id in label_lines(folder)))
+
+
+class LabelProblem(NamedTuple):
+    what: str  # e.g. "labels.txt: 2 repeated lines"
+    examples: list[str]
+    harmless: bool  # read correctly anyway (a repeated line is read once)
+
+
+def label_problems(folder: Path, num_classes: int | None) -> list[LabelProblem]:
+    """What is wrong in ``folder/labels.txt``: repeated lines, an image listed under two classes, class ids outside
+    ``[0, num_classes)`` (the term's classes; None: not checked)."""
+    seen: dict[tuple[str, str], int] = {}
+    classes_of: dict[str, set[str]] = {}
+    repeated, outside = [], []
+    for number, rel, class_id in label_lines(folder):
+        if (rel, class_id) in seen:
+            repeated.append(f"line {number} repeats line {seen[rel, class_id]} ({rel} {class_id})")
+        seen.setdefault((rel, class_id), number)
+        classes_of.setdefault(rel, set()).add(class_id)
+        if num_classes is not None and int(class_id) >= num_classes:
+            outside.append(f"line {number} ({rel} {class_id})")
+    twice = [f"{rel} ({', '.join(sorted(ids, key=int))})" for rel, ids in classes_of.items() if len(ids) > 1]
+    problems = []
+    if repeated:
+        problems.append(LabelProblem(f"{LABELS_FILE}: {len(repeated)} repeated lines", repeated, True))
+    if twice:
+        problems.append(LabelProblem(f"{LABELS_FILE}: {len(twice)} images listed under two classes", twice, False))
+    if outside:
+        what = f"{LABELS_FILE}: {len(outside)} class ids outside 0..{(num_classes or 0) - 1}"
+        problems.append(LabelProblem(what, outside, False))
+    return problems
+
+
+def refuse_label_problems(folder: Path, num_classes: int | None) -> None:
+    """A one-line UserError naming the first problem of ``folder/labels.txt`` that would train on wrong labels (an
+    image under two classes, ids outside the term's range); repeated lines are read once and pass."""
+    for problem in label_problems(folder, num_classes):
+        if not problem.harmless:
+            raise UserError(
+                f"{folder}/{problem.what}, e.g. {problem.examples[0]}: fix the file (`facenext check-data` lists all)"
+            )
+
+
+PAIR_SHAPES = {True: "<imgA> <imgB> <0|1>", False: "<imgA> <imgB>"}
+
+
+def _names_images(fields: list[str]) -> bool:
+    return all(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in fields[:2])
+
+
+def _pair_lines(path: Path, labelled: bool) -> tuple[list[int], list[list[str]]]:
+    """The line numbers and fields of a space-separated pair file's pairs. A first line such as ``img1 img2 label``
+    (no image names where the next line has them) is a header and skipped; a line with another number of fields is
+    refused, naming it."""
+    width = 3 if labelled else 2
+    numbered = [(n, line.split()) for n, line in enumerate(_lines(path), 1) if line.strip()]
+    if len(numbered) > 1 and not _names_images(numbered[0][1]) and _names_images(numbered[1][1]):
+        numbered = numbered[1:]
+    for number, fields in numbered:
+        if len(fields) != width:
+            hint = " (a labelled pair file in its place?)" if not labelled and len(fields) == 3 else ""
+            raise UserError(
+                f"{path}, line {number}: expected `{PAIR_SHAPES[labelled]}`, got {len(fields)} fields "
+                f"{' '.join(fields)!r}{hint}: re-download the competition"
+            )
+    return [n for n, _ in numbered], [fields for _, fields in numbered]
+
+
 def read_pairs(path: Path, labelled: bool, csv: bool = False) -> pd.DataFrame:
-    """Pairs as columns img1, img2 (and label): space-separated lines (F24 on), or S22's CSV with a header."""
+    """Pairs as columns img1, img2 (and label): space-separated lines (F24 on), or S22's CSV with a header.
+
+    Refused in one line: a line with another number of fields, a label other than 0 or 1, a file with no pairs, and
+    labelled pairs of one kind only (the EER needs genuine and impostor pairs). A header line is skipped.
+    """
+    path = Path(path)
     columns = ["img1", "img2", "label"] if labelled else ["img1", "img2"]
     if csv:
-        frame = pd.read_csv(path, dtype=str)
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise UserError(f"{path} is not a readable CSV file ({str(e).splitlines()[0]})") from None
         if frame.shape[1] < len(columns):
             raise UserError(f"{path}: expected columns like img_path1,img_path2{',gt' if labelled else ''}")
         frame = frame.iloc[:, : len(columns)].set_axis(columns, axis=1)
+        if (frame == "").any().any():
+            raise UserError(f"{path}: every line must hold {len(columns)} fields")
+        lines = list(range(2, len(frame) + 2))  # after the header
+        if labelled:  # S22's gt may be written 1.0
+            numeric = pd.to_numeric(frame["label"], errors="coerce")
+            valid = numeric.isin([0, 1])
+            frame.loc[valid, "label"] = numeric[valid].astype(int).astype(str)
     else:
-        frame = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype=str)
-    if frame.isna().any().any():
-        raise UserError(f"{path}: every line must hold {len(columns)} fields")
+        lines, rows = _pair_lines(path, labelled)
+        frame = pd.DataFrame(rows, columns=columns, dtype=str)
+    if frame.empty:
+        raise UserError(f"{path} lists no pairs: re-download the competition")
+    if labelled:
+        _check_pair_labels(frame["label"], path, lines)
     return frame
+
+
+def _check_pair_labels(labels: pd.Series, path: Path, lines: list[int]) -> None:
+    """Labels 0 or 1, and both present: the EER compares genuine with impostor pairs."""
+    bad = ~labels.isin(["0", "1"])
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise UserError(
+            f"{path}, line {lines[row]}: label {labels.iloc[row]!r} is not 0 (impostor) or 1 (genuine): "
+            "re-download the competition"
+        )
+    if labels.nunique() < 2:
+        kind = "genuine (1)" if labels.iloc[0] == "1" else "impostor (0)"
+        raise UserError(
+            f"{path}: all {len(labels)} pairs are {kind}: the EER is undefined without both genuine and impostor "
+            "pairs; re-download the competition"
+        )
 
 
 def _candidates(root: Path) -> Iterator[Path]:

@@ -34,7 +34,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, budget_seconds, config_from_dict
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.device_augment import DeviceAugmentImages, batch_to_model, choose_augment_device
-from ..data.layout import Layout, find_layout, list_classes
+from ..data.layout import LABELS_FILE, Layout, find_layout, list_classes, refuse_label_problems
 from ..data.transforms import BatchToModel, eval_transform, train_transform
 from ..device import amp_dtype, autocast, describe_device, precision_name, resolve_device
 from ..errors import UserError
@@ -143,6 +143,9 @@ class Data:
 def load_data(config: Config, device: torch.device | None = None) -> Data:
     """The splits; the training set defers augmentation to ``device`` when ``data.augment_device`` says so."""
     layout = find_layout(config.data.root, config.data.term)
+    for split in (layout.train, layout.dev):
+        if split is not None and (split / LABELS_FILE).is_file():
+            refuse_label_problems(split, layout.term.num_classes)
     classes = list_classes(layout.train)
     if len(classes) < 2:
         raise UserError(f"{layout.train} has {len(classes)} identity folders: classification needs at least 2")

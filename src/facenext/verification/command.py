@@ -8,6 +8,7 @@ from typing import Any
 from ..combined import format_setting, weights_id, write_run_submission
 from ..data.layout import find_layout
 from ..io import write_json
+from ..limits import runs_record
 from .embeddings import EmbeddingCache, open_run, weights_fingerprint
 from .identity import verify_identities
 from .pairs import verify_pairs
@@ -49,6 +50,9 @@ def verify(
         combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "verify", source)
         if combined is not None:
             result["submission"] = str(combined)
+    elif "submission" in result:  # the runs behind the file, for `submit` to count against the parameter limit
+        record = {**runs_record([run.path]), "term": layout.term.key}
+        write_json(Path(result["submission"]).with_suffix(".json"), record)
     summary = {
         "run": str(run.path),
         "term": layout.term.key,

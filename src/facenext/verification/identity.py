@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
-from ..io import write_npz
+from ..io import write_csv, write_npz
 from ..submission import verification_ids, write_submission
 from .embeddings import EmbeddingCache
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
@@ -143,7 +143,8 @@ def evaluate_similarity(
         summary.update(dev_pair_eer=pairs.eer, dev_pair_auc=pairs.auc)
     if figures is not None:
         curve_csv, curve_png = figures / "threshold_curve.csv", figures / "threshold_curve.png"
-        write_submission(curve_csv, {"threshold": thresholds, "accuracy": accuracy})
+        # a plain CSV, not a submission: the submission writer's checks (unique ids) do not apply to a curve
+        write_csv(curve_csv, pd.DataFrame({"threshold": thresholds, "accuracy": accuracy}))
         plot_threshold_curve(curve_png, thresholds, accuracy, threshold)
         summary.update(threshold_curve_csv=str(curve_csv), threshold_curve_png=str(curve_png))
         summary.update(write_score_figures(figures, genuine, impostor, layout.term.key))

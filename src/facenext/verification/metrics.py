@@ -20,8 +20,11 @@ def threshold_sweep(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy of accepting ``score >= t`` for every distinct decision, thresholds ascending.
 
-    Candidates are midpoints between sorted distinct scores plus both extremes; O(n log n), no n x n matrix.
+    Candidates are midpoints between sorted distinct scores plus both extremes; O(n log n), no n x n matrix. They
+    are computed in float64: between two neighbouring float32 scores (crowded after query expansion) the float32
+    midpoint rounds onto one of them, repeating a threshold and putting the decision on the wrong side of a score.
     """
+    scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(scores, kind="stable")
     s = scores[order]
     accepted_right = np.asarray(right_if_accepted, dtype=bool)[order]
