@@ -15,9 +15,14 @@ Operational script, not library code. About 3-5 minutes on one T4 (less on faste
 - inference and embedding rates (BatchNorm folded, channels-last, inference_mode, autocast);
 - the speed-up of two GPUs under DDP (same global batch), when there are two;
 - the projected hours of the seed's F23 recipe (100 epochs of 140,020 images at 224 px) and of an F26 run
-  (30 epochs of 431,550 images at 112 px) on this machine.
+  (30 epochs of 431,550 images at 112 px) on this machine;
+- the project's training in fp16 with loss scaling, forced whatever the card (what T4s, P100s and V100s train in),
+  with bad steps injected at known micro-batches (a NaN loss, an inf loss, a batch of NaN pixels, a finite loss
+  whose gradients overflow fp16): the loss scale, BatchNorm's running statistics, the EMA and the weights across
+  each skipped step, and two runs that must stop with one line before saving anything (every loss non-finite; a
+  loss scale that falls below 1).
 
-Any non-finite loss or weight fails the run (exit 1) before anything is written.
+Any non-finite loss or weight, or a bad step that leaves a trace, fails the run (exit 1) before anything is written.
 
     .venv/bin/python scripts/gpu_check.py                       # CUDA: writes benchmarks/gpu.md
     .venv/bin/python scripts/gpu_check.py --device cpu --out x.md   # smoke run, tiny sizes, seconds
@@ -63,7 +68,9 @@ from facenext.data.layout import find_layout, list_classes
 from facenext.data.sample import write_sample_competition
 from facenext.data.transforms import train_transform
 from facenext.device import amp_dtype, describe_device, precision_name, resolve_device
-from facenext.engine.train import StopRequest, Trainer, all_finite
+from facenext.engine.skips import LossScaler
+from facenext.engine.train import StopRequest, Trainer, all_finite, grad_scaler
+from facenext.errors import UserError
 from facenext.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +83,9 @@ PROJECTIONS = [
 ]
 SESSION_H = 12  # a Kaggle notebook session
 GOALS = {0: 2.0, 1: 1.5}  # training step against the seed's loop, by size index (112 px, 224 px)
+# The fp16 run's injections, by micro-batch (from 1; one micro-batch per optimizer step), and its batch and length.
+BAD_STEPS = {2: "nan", 4: "inf", 5: "nan_images", 7: "overflow"}
+FP16_BATCH, FP16_STEPS = 12, 8
 
 
 class NonFinite(RuntimeError):
@@ -244,7 +254,7 @@ def trainer_rate(root: Path, run: Path, size: int, plan: Plan, device: torch.dev
         trainer.train_epoch(stop)
     synchronize(device)
     end = time.perf_counter()
-    if getattr(trainer, "skipped", 0) or not all_finite(trainer.model):
+    if trainer.skipped["non_finite"] or not all_finite(trainer.model):
         raise NonFinite(f"non-finite training step in the project's loop at {size} px ({' '.join(overrides)})")
     first = min(plan.warm, len(calls) - 1)
     rate = (len(calls) - first) * plan.batch / (end - calls[first])
@@ -338,6 +348,134 @@ def model_rates(
     return rates
 
 
+# --- fp16 with bad steps ------------------------------------------------------------------------------------------
+def spoil(loss: torch.Tensor, kind: str | None) -> torch.Tensor:
+    """A NaN loss; an inf loss with finite gradients (as an overflowed logit of another class gives); a finite loss
+    whose gradients overflow fp16."""
+    if kind == "nan":
+        return loss * float("nan")
+    if kind == "inf":
+        return loss + math.inf
+    return loss * 1e30 if kind == "overflow" else loss
+
+
+def fp16_trainer(root: Path, run: Path, size: int, plan: Plan, device: torch.device, *extra: str) -> Trainer:
+    """One epoch of the project's training in fp16 with loss scaling and EMA, whatever the card."""
+    config = load_config(
+        RECIPE,
+        [
+            f"data.root={root}", "data.term=auto", f"data.image_size={size}", "data.num_workers=0",
+            "data.augment_device=cpu", f"train.batch_size={FP16_BATCH}", "train.epochs=1", "train.ema=true",
+            "train.recovery_minutes=0", "train.plot=false", "train.log_every=0", "train.keep_top_k=0",
+            # fp16 convolutions are slow channels-last on the CPU
+            f"train.channels_last={str(device.type == 'cuda').lower()}", *plan.model, *extra,
+        ],
+    )  # fmt: skip
+    trainer = Trainer(config, run, device)
+    trainer.dtype, trainer.scaler = torch.float16, grad_scaler(device, torch.float16)
+    return trainer
+
+
+def inject(trainer: Trainer, bad: dict[int, str], watch: frozenset[int] = frozenset()) -> dict[int, tuple]:
+    """Spoil ``trainer``'s micro-batches as ``bad`` says; before each micro-batch in ``watch``, copy the weights,
+    the BatchNorm statistics and the EMA into the returned dict (filled as training goes)."""
+    seen: dict[int, tuple] = {}
+    count, criterion, to_model = [0], trainer.criterion, trainer.to_model
+
+    def images(batch: object) -> torch.Tensor:
+        count[0] += 1
+        if count[0] in watch:
+            model, ema = trainer.model.state_dict(), trainer.ema.module.state_dict()
+            seen[count[0]] = ({k: v.clone() for k, v in model.items()}, {k: v.clone() for k, v in ema.items()})
+        out = to_model(batch)
+        return out * float("nan") if bad.get(count[0]) == "nan_images" else out
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return spoil(criterion(logits, targets), bad.get(count[0]))
+
+    trainer.criterion = loss
+    images.device = to_model.device  # type: ignore[attr-defined]  # evaluation asks the batch's device
+    trainer.to_model = images
+    return seen
+
+
+def stop_message(trainer: Trainer, run: Path) -> str:
+    """What ``trainer.fit()`` stopped with (its one line), or why that is wrong; checks that nothing was saved."""
+    try:
+        trainer.fit()
+    except UserError as e:
+        saved = sorted(p.name for p in run.iterdir() if p.suffix in (".pt", ".csv"))
+        return f"{e}" + (f" (but wrote {', '.join(saved)})" if saved else "")
+    return "did not stop"
+
+
+def fp16_bad_steps(root: Path, tmp: Path, size: int, plan: Plan, device: torch.device) -> dict:
+    """The fp16 run with ``BAD_STEPS`` injected, and what it left; then the two runs that must stop."""
+    trainer = fp16_trainer(root, tmp / "fp16", size, plan, device)
+    if len(trainer.train_loader) < FP16_STEPS:
+        raise RuntimeError(f"the fp16 check needs {FP16_STEPS} batches, the data gives {len(trainer.train_loader)}")
+    initial = trainer.scaler.get_scale()
+    seen = inject(trainer, BAD_STEPS, frozenset(b + d for b in BAD_STEPS for d in (0, 1)))
+    with StopRequest(None) as stop:
+        trainer.train_epoch(stop)
+    synchronize(device)
+    moved = {"weights": 0, "BatchNorm statistics": 0, "EMA": 0}
+    for batch in BAD_STEPS:
+        (model, ema), (model_after, ema_after) = seen[batch], seen[batch + 1]
+        stats = [k for k in model if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")]
+        moved["BatchNorm statistics"] += any(not torch.equal(model[k], model_after[k]) for k in stats)
+        moved["weights"] += any(not torch.equal(model[k], model_after[k]) for k in model if k not in stats)
+        moved["EMA"] += any(not torch.equal(ema[k], ema_after[k]) for k in ema)
+    loss_sum, _, count, _ = trainer.epoch_stats
+    r = {
+        "initial_scale": initial,
+        "scale": trainer.scaler.get_scale(),
+        "growth_tracker": trainer.scaler.state_dict()["_growth_tracker"],
+        "steps": trainer.step,
+        "non_finite": trainer.skipped["non_finite"],
+        "overflow": trainer.skipped["overflow"],
+        "moved": moved,
+        "finite_model": all_finite(trainer.model),
+        "finite_ema": all_finite(trainer.ema.module),
+        "batchnorm_layers": len(trainer.running_stats.live) // 3,
+        "train_loss": loss_sum / max(count, 1),
+    }
+    everything_bad = fp16_trainer(root, tmp / "fp16_all_bad", size, plan, device)
+    inject(everything_bad, dict.fromkeys(range(1, len(everything_bad.train_loader) + 1), "nan"))
+    r["all_bad_stop"] = stop_message(everything_bad, tmp / "fp16_all_bad")
+    collapsing = fp16_trainer(root, tmp / "fp16_collapse", size, plan, device, "train.max_bad_steps=1000")
+    collapsing.scaler = LossScaler(device.type, init_scale=8.0)  # below 1 after four overflows
+    inject(collapsing, dict.fromkeys(range(1, len(collapsing.train_loader) + 1), "overflow"))
+    r["collapse_stop"] = stop_message(collapsing, tmp / "fp16_collapse")
+    return r
+
+
+def fp16_failures(r: dict) -> list[str]:
+    """What the fp16 run shows wrong. Expected: each injected NaN or inf loss counted once as a non-finite step and
+    leaving the scale alone; the scale halved once per overflow, the injected one and any genuine one (it grows
+    back only after 2,000 clean steps); nothing moved across a skipped step; everything finite; both stops."""
+    failures = []
+    injected = sum(kind != "overflow" for kind in BAD_STEPS.values())
+    if r["non_finite"] != injected:
+        failures.append(f"{r['non_finite']} non-finite steps counted, {injected} injected")
+    if r["overflow"] < 1:
+        failures.append("the injected overflow was not counted")
+    expected = r["initial_scale"] * 0.5 ** r["overflow"]
+    if r["scale"] != expected:
+        failures.append(
+            f"loss scale {r['scale']:g} after {r['overflow']} overflows and {r['non_finite']} non-finite losses "
+            f"from {r['initial_scale']:g}: expected {expected:g}"
+        )
+    failures += [f"the {what} moved across {n} skipped steps" for what, n in r["moved"].items() if n]
+    if not (r["finite_model"] and r["finite_ema"] and math.isfinite(r["train_loss"])):
+        failures.append("non-finite weights, EMA or training loss after the bad steps")
+    if "every loss of epoch 1 was non-finite" not in r["all_bad_stop"] or "but wrote" in r["all_bad_stop"]:
+        failures.append(f"a run with no finite loss: {r['all_bad_stop']}")
+    if "loss scale fell to" not in r["collapse_stop"] or "but wrote" in r["collapse_stop"]:
+        failures.append(f"a collapsing loss scale: {r['collapse_stop']}")
+    return failures
+
+
 # --- DDP ------------------------------------------------------------------------------------------------------------
 def ddp_child(args: argparse.Namespace) -> None:
     """One torchrun process: our model under DDP on random batches, the global batch split between processes;
@@ -427,6 +565,13 @@ def measure(args: argparse.Namespace, device: torch.device, plan: Plan, tmp: Pat
         r.update(model_rates(size, plan, device, dtype, len(classes)))
         log(f"{size} px: models alone measured", start)
         results["sizes"][index] = r
+    root = tmp / "fp16_data"  # 8 identities, 96 training faces
+    write_sample_competition(root, "f23", identities=8, images_per_identity=20, size=64, seed=1)
+    results["fp16"] = fp16_bad_steps(root, tmp, plan.sizes[0], plan, device)
+    failures = fp16_failures(results["fp16"])
+    if failures:
+        raise NonFinite("fp16 bad steps: " + "; ".join(failures))
+    log("fp16 with bad steps checked", start)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     processes = args.ddp or (2 if gpus >= 2 else 0)
     results["ddp"] = ddp_rates(device, processes) if processes else None
@@ -534,6 +679,7 @@ def report(results: dict, device: torch.device, plan: Plan) -> str:
             lines.append(f"| {plan.sizes[i]} px | {r['ours_train']:.0f} | {rate:.0f} | {rate / r['ours_train']:.2f}x |")
     else:
         lines.append("Not measured: one GPU here.")
+    lines += ["", *fp16_report(results["fp16"])]
     lines += [
         "",
         "## Projected training time (hours, at the measured rates; evaluation and checkpoints not included)",
@@ -549,6 +695,31 @@ def report(results: dict, device: torch.device, plan: Plan) -> str:
             f"| {name} | {plan.sizes[i]} px | {hours / r['loop_seed']:.1f} | {hours / best[i]:.1f} | {scaled} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def fp16_report(r: dict) -> list[str]:
+    """The fp16 section: what the injected bad steps left, beside what must hold (``fp16_failures``)."""
+    kinds = ", ".join(f"{kind} at step {step}" for step, kind in BAD_STEPS.items())
+    injected = sum(kind != "overflow" for kind in BAD_STEPS.values())
+    moved = " / ".join(str(n) for n in r["moved"].values())
+    return [
+        f"## fp16 with injected bad steps ({r['steps']} steps of batch {FP16_BATCH}, EMA on, "
+        f"{r['batchnorm_layers']} BatchNorm layers; forced whatever the card)",
+        "",
+        f"Injected: {kinds}.",
+        "",
+        "| check | measured | must be |",
+        "|---|---:|---|",
+        f"| steps skipped for a non-finite loss | {r['non_finite']} | {injected} |",
+        f"| steps skipped for an overflow | {r['overflow']} | ≥ 1 (the injected one, and any genuine one) |",
+        f"| loss scale after (from {r['initial_scale']:g}) | {r['scale']:g} | "
+        f"{r['initial_scale'] * 0.5 ** r['overflow']:g} (halved per overflow only) |",
+        f"| skipped steps that moved the weights / BatchNorm statistics / EMA | {moved} | 0 / 0 / 0 |",
+        f"| weights, EMA and training loss finite | "
+        f"{'yes' if r['finite_model'] and r['finite_ema'] and math.isfinite(r['train_loss']) else 'no'} | yes |",
+        f"| every loss non-finite | {r['all_bad_stop'].split(':')[0]} | stops, nothing saved |",
+        f"| overflow at every step from scale 8 | {r['collapse_stop'].split(':')[0]} | stops, nothing saved |",
+    ]
 
 
 def projection(results: dict, plan: Plan, row: int) -> float:

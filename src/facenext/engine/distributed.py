@@ -48,6 +48,13 @@ def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list
     return tensor.tolist()
 
 
+def all_max_(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """``tensor`` replaced by its maximum over all processes, on the device: no read, so no wait for the GPU."""
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_gather(value: Any, ctx: DistContext) -> list[Any]:
     """Every process's ``value``, in rank order (a list of one for a single process); all processes must call it."""
     if not ctx.enabled:

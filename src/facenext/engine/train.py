@@ -44,15 +44,22 @@ from ..run import RunDir
 from ..scoring import TermScorer
 from .budget import BudgetPlanner, duration_text
 from .curves import ExperimentLogger, plot_curves
-from .distributed import DistContext, all_gather, all_sum, any_rank, barrier, init_distributed
+from .distributed import DistContext, all_gather, all_max_, all_sum, any_rank, barrier, init_distributed
 from .meters import StepMeter, sum_dtype
+from .skips import LossScaler, RunningStats, poisoned, update_ema
 
 # The first eight columns are the documented contract; later ones are additions.
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "lr", "images_per_s", "epoch_s",
-    "ema_dev_acc", "skipped_steps", "dev_eer", "dev_score",
+    "ema_dev_acc", "skipped_steps", "dev_eer", "dev_score", "non_finite_loss_steps", "overflow_steps", "loss_scale",
 ]  # fmt: skip
 KAGGLE_TIME_LIMIT_H = 11.5  # Kaggle notebook sessions end after 12 hours
+# A run stops when more than this share of an epoch's optimizer steps are skipped, once they number
+# train.max_bad_steps: such a run no longer trains as configured, even without a long run of bad steps.
+MAX_SKIPPED_SHARE = 0.25
+# Under fp16 the scale only falls on overflows: below 1, the gradients overflow fp16 even unscaled. The run has
+# diverged, and finite steps would soon round to zero.
+MIN_LOSS_SCALE = 1.0
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -250,12 +257,23 @@ def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return "its layout"
 
 
-def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> LossScaler:
     """fp16 needs loss scaling. In bf16 and fp32 the scale stays 1 (``update(1.0)``) and the scaler only does
     what it does for fp16 too: skip a step whose gradients are not finite, decided on the device."""
     if dtype == torch.float16:
-        return torch.amp.GradScaler(device.type)
-    return torch.amp.GradScaler(device.type, init_scale=1.0)
+        return LossScaler(device.type)
+    return LossScaler(device.type, init_scale=1.0)
+
+
+def no_skips() -> dict[str, int]:
+    """Optimizer steps skipped, by cause: a non-finite loss in the group, or non-finite gradients of finite losses
+    (an fp16 overflow)."""
+    return {"non_finite": 0, "overflow": 0}
+
+
+def skip_counts(saved: int | dict[str, int]) -> dict[str, int]:
+    """``no_skips``'s counts from a checkpoint; older ones hold one number, of non-finite losses."""
+    return {**no_skips(), **saved} if isinstance(saved, dict) else {**no_skips(), "non_finite": saved}
 
 
 def all_finite(model: nn.Module) -> bool:
@@ -337,6 +355,7 @@ class Trainer:
         fused = self.device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr, fused=fused)
         self.step_model = self._wrap(self.model)
+        self.running_stats = RunningStats(self.model)  # put back when a step is skipped
 
         if t.batch_size % self.ctx.world:
             raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {self.ctx.world} processes")
@@ -360,7 +379,8 @@ class Trainer:
         self.scorer = TermScorer(self.data.layout, config)
         self.best_acc, self.best_source, self.history, self.top = -1.0, "", [], []
         self.epoch_stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, seconds: carried by recovery files
-        self.bad_steps, self.skipped = 0, 0  # non-finite losses in a row now, and in this epoch
+        self.bad_steps = 0  # optimizer steps with a non-finite loss in a row, now
+        self.skipped = no_skips()  # optimizer steps skipped in this epoch, by cause
         self.meter = StepMeter(self.device)  # the same sums since the last read, on the device
         self.epoch_started = time.perf_counter()
         self.environment = run_environment(self.device, self.dtype, self.ctx.world)
@@ -493,7 +513,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
         self._restore_plan(state)
-        self.epoch_stats, self.skipped = list(state["epoch_stats"]), state["skipped"]
+        self.epoch_stats, self.skipped = list(state["epoch_stats"]), skip_counts(state["skipped"])
         self.bad_steps = state.get("bad_run", 0)
         self.meter = StepMeter(self.device, self.bad_steps)
         self.best_acc, self.best_source = state["best_acc"], state["best_source"]
@@ -571,18 +591,24 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         t = self.config.train
+        # Every process skips a step whose loss was not finite on any (the gradients are averaged); all must agree
+        # on why, to keep the same scale.
+        non_finite = all_max_(self.meter.group_bad, self.ctx)
         if t.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
         # Skipped on the device when the gradients are not finite (a non-finite loss makes them so); self.step
         # counts the attempts, so that the schedule and the resume position never depend on a device read.
         self.scaler.step(self.optimizer)
-        self.scaler.update(None if self.dtype == torch.float16 else 1.0)
+        fp16 = self.dtype == torch.float16
+        skipped = self.scaler.update_after_step(self.optimizer, non_finite, None if fp16 else 1.0)
+        self.running_stats.restore_if(skipped)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.scheduler.step_update(self.step)
         if self.ema is not None:
-            self.ema.update(self.model, step=self.step)
+            update_ema(self.ema, self.model, self.step, 1 - skipped)
+        self.meter.end_step(skipped)
 
     def train_epoch(self, stop: StopRequest) -> str | None:
         """Train until the epoch ends (None) or a stop is requested (its reason)."""
@@ -607,6 +633,8 @@ class Trainer:
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)
             group = self._group_size(self.batch_in_epoch)
+            if self.batch_in_epoch % t.accum_steps == 0:  # a group starts: what a skipped step puts back
+                self.running_stats.save()
             self.batch_in_epoch += 1  # the sampler's position, which a resume continues from
             boundary = self.batch_in_epoch % t.accum_steps == 0 or self.batch_in_epoch == self.batches_per_epoch
             sync = nullcontext() if boundary or not self.ctx.enabled else self.step_model.no_sync()
@@ -614,10 +642,11 @@ class Trainer:
                 with autocast(self.device, self.dtype):
                     logits = self.step_model(images)
                     loss = self._loss(logits, targets)
-                # No check here: a non-finite loss gives non-finite gradients, and the scaler then skips the
-                # group's step on the device. The meter counts it.
-                self.scaler.scale(loss / group).backward()
-            self.meter.add(loss, logits, labels)
+                # Under mixup/cutmix an image is scored against its mixed target's dominant class.
+                finite = self.meter.add(loss, logits, labels if self.mixup is None else targets.argmax(1))
+                # No check here: a non-finite loss gets non-finite gradients, and the scaler then skips the
+                # group's step on the device.
+                self.scaler.scale(poisoned(loss, finite) / group).backward()
             if not boundary:
                 continue
             self._optimizer_step()
@@ -631,7 +660,7 @@ class Trainer:
         return None
 
     def _read_meter(self, bar: tqdm | None = None, log_line: bool = False) -> None:
-        """Fold the device-side sums into the epoch's; stop the run on too many non-finite losses in a row."""
+        """Fold the device-side sums into the epoch's; stop the run when its steps stop counting."""
         t = self.config.train
         reading = self.meter.read()
         stats = self.epoch_stats
@@ -639,13 +668,15 @@ class Trainer:
         stats[1] += reading.correct
         stats[2] += reading.count
         stats[3] = time.perf_counter() - self.epoch_started
-        self.skipped += reading.non_finite
+        self.skipped["non_finite"] += reading.non_finite
+        self.skipped["overflow"] += reading.overflow
         self.bad_steps = reading.bad_run
-        if any_rank(reading.worst_run >= t.max_bad_steps, self.ctx, self.device):
-            raise UserError(
-                f"{t.max_bad_steps} non-finite losses in a row (train.max_bad_steps) by step {self.step}: lower "
-                f"train.lr or set train.clip_grad; {self.run_dir}/last.pt holds the last good epoch"
-            )
+        problem = self._bad_steps_problem(reading.worst_run)
+        if any_rank(problem is not None, self.ctx, self.device):
+            fix = "lower train.lr or set train.clip_grad"
+            if self.dtype == torch.float16:
+                fix += " (or train in fp32: train.amp=false)"
+            raise UserError(f"{problem or 'another process stopped on bad steps'}: {fix}{self._last_good()}")
         if not stats[2] or bar is None:
             return
         rate = stats[2] / max(stats[3], 1e-9)
@@ -655,6 +686,33 @@ class Trainer:
         if log_line and self.ctx.is_main and t.log_every:
             # Notebook and CI logs get a plain line now and then instead of a progress bar.
             print(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s", flush=True)
+
+    def _bad_steps_problem(self, worst_run: int) -> str | None:
+        """Why the run must stop, read before anything is saved: ``train.max_bad_steps`` non-finite losses in a row,
+        more than MAX_SKIPPED_SHARE of the epoch's steps skipped (once max_bad_steps or more), or an fp16 loss scale
+        below MIN_LOSS_SCALE. Each process finds the same: the counts and the scale follow agreed verdicts."""
+        t = self.config.train
+        where = f"by step {self.step} (epoch {self.epoch + 1})"
+        if worst_run >= t.max_bad_steps:
+            return f"{t.max_bad_steps} non-finite losses in a row (train.max_bad_steps) {where}"
+        steps = -(-self.batch_in_epoch // t.accum_steps)  # optimizer steps of this epoch so far
+        skipped = self.skipped["non_finite"] + self.skipped["overflow"]
+        if skipped >= t.max_bad_steps and skipped > MAX_SKIPPED_SHARE * steps:
+            return (
+                f"{skipped} of the {steps} steps of epoch {self.epoch + 1} skipped ({self.skipped['non_finite']} "
+                f"non-finite losses, {self.skipped['overflow']} overflows): more than {MAX_SKIPPED_SHARE:.0%}, and "
+                "train.max_bad_steps or more"
+            )
+        if self.dtype == torch.float16 and self.scaler.get_scale() < MIN_LOSS_SCALE:
+            return (
+                f"the fp16 loss scale fell to {self.scaler.get_scale():.3g} {where}, so the gradients overflow fp16 "
+                "even unscaled"
+            )
+        return None
+
+    def _last_good(self) -> str:
+        last = self.run_dir / "last.pt"
+        return f"; {last} holds the last good epoch" if last.exists() else ""
 
     def _stop_or_recover(self, stop: StopRequest, agreed: bool) -> str | None:
         """Save a recovery file when a stop is requested (returning its reason) or one is due. Alone, this checks
@@ -683,6 +741,11 @@ class Trainer:
     def end_epoch(self) -> dict[str, Any]:
         """Evaluate, write the epoch's row and checkpoints, and reset the per-epoch counters."""
         loss_sum, correct, count = all_sum(self.epoch_stats[:3], self.ctx, self.device)
+        if not count:  # before anything is saved: there is nothing to average, and nothing was learnt
+            raise UserError(
+                f"every loss of epoch {self.epoch + 1} was non-finite: lower train.lr or set train.clip_grad"
+                f"{self._last_good()}"
+            )
         seconds = self.epoch_stats[3]
         row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count}
         dev_loss = dev_acc = ema_acc = float("nan")
@@ -695,9 +758,12 @@ class Trainer:
                 ema_score = self.scorer.score(self.ema.module, self.to_model, self.dtype, ema_acc)
         row.update(dev_loss=dev_loss, dev_acc=dev_acc, ema_dev_acc=ema_acc, lr=self.optimizer.param_groups[0]["lr"])
         row.update(score)
-        row.update(images_per_s=count / max(seconds, 1e-9), epoch_s=seconds, skipped_steps=self.skipped)
+        row.update(images_per_s=count / max(seconds, 1e-9), epoch_s=seconds)
+        non_finite, overflow = self.skipped["non_finite"], self.skipped["overflow"]
+        row.update(skipped_steps=non_finite + overflow, non_finite_loss_steps=non_finite, overflow_steps=overflow)
+        row["loss_scale"] = self.scaler.get_scale()
         self.epoch += 1
-        self.batch_in_epoch, self.epoch_stats, self.skipped = 0, [0.0, 0.0, 0.0, 0.0], 0
+        self.batch_in_epoch, self.epoch_stats, self.skipped = 0, [0.0, 0.0, 0.0, 0.0], no_skips()
         self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
         rng = self.gather_rng()
         if self.ctx.is_main:
@@ -742,7 +808,12 @@ class Trainer:
 
     def _print_epoch(self, row: dict[str, Any]) -> None:
         ema = f" (EMA {row['ema_dev_acc']:.3f})" if self.ema is not None else ""
-        skipped = f"  {row['skipped_steps']} steps skipped" if row["skipped_steps"] else ""
+        skipped = ""
+        if row["skipped_steps"]:
+            skipped = (
+                f"  {row['skipped_steps']} steps skipped ({row['non_finite_loss_steps']} non-finite losses, "
+                f"{row['overflow_steps']} overflows)"
+            )
         if "dev_eer" in row:
             skipped += f"  dev EER {row['dev_eer']:.4f} score {row['dev_score']:.4f}"
         print(
