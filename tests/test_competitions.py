@@ -8,6 +8,7 @@ ship, not only on what ``sample-data`` writes.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,19 @@ def test_limit_refusal_and_fit_limit_pick_the_best_subset_that_fits(tmp_path, ca
         ["a", "b", "c"], params, 30, family_of(get_term("f23")), dev_probs, np.zeros(4, int), None, folds=2
     )
     assert keep == [0] and report["cv_dev_score"] == 1.0
+
+
+def test_fit_limit_on_a_dev_split_smaller_than_the_folds_scores_every_fold():
+    # The demo's sample has 3 dev images: 5 folds left two empty, whose mean was NaN (with a RuntimeWarning)
+    dev_probs = np.zeros((2, 3, 2))
+    dev_probs[:, :, 0] = [[1, 1, 0], [1, 0, 0]]
+    dev_probs[:, :, 1] = 1 - dev_probs[:, :, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keep, report = fit_to_limit(
+            ["a", "b"], [20, 20], 30, family_of(get_term("f23")), dev_probs, np.zeros(3, int), None, folds=5
+        )
+    assert keep == [0] and report["cv_dev_score"] == pytest.approx(2 / 3)
 
 
 def test_submit_refuses_models_over_the_limit_and_sends_the_grading_reference(fake, tmp_path):

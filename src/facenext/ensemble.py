@@ -190,6 +190,10 @@ def _cv_score(
 ) -> float:
     """Mean of the equal-weight ensemble's dev score over held-out folds of the dev images and the val pairs."""
     rng = np.random.default_rng(0)
+    # No more folds than items: an empty held-out fold has no score (a tiny dev split, e.g. the demo's)
+    sizes = [len(labels)] if dev_probs is not None else []
+    sizes += [len(pairs["val_labels"])] if pairs is not None else []
+    folds = max(1, min([folds, *sizes]))
     image_folds = np.array_split(rng.permutation(len(labels)), folds) if dev_probs is not None else [None] * folds
     pair_folds = (
         np.array_split(rng.permutation(len(pairs["val_labels"])), folds) if pairs is not None else [None] * folds
