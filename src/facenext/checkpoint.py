@@ -23,14 +23,15 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = Fal
     atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()), keep_previous)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, never code."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load with ``weights_only=True``: tensors and plain containers only, never code. ``mmap``: tensors are mapped
+    from the file, read only when used (a cheap look at the other entries)."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found: train the run first (`facenext train CONFIG`)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before refusing them
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated, foreign or malicious files
         raise UserError(
             f"{path} is not a FaceNext checkpoint or is damaged ({type(e).__name__}): retrain or restore it"

@@ -254,6 +254,51 @@ def budget_seconds(value: str | float | None) -> float | None:
     return seconds
 
 
+# Settings that say where and how a run trains, not what it learns: a resume may change them (the data moved to
+# another machine, another GPU or worker count, another time limit). train.epochs and train.budget change only the
+# planned length. predict and verify are read after training. Every other setting changes the result.
+OPERATIONAL_SETTINGS = frozenset(
+    {
+        "data.root", "data.num_workers", "data.cache", "data.cache_dir",
+        "train.epochs", "train.budget", "train.device", "train.time_limit", "train.log_every",
+        "train.recovery_minutes", "train.max_bad_steps", "train.keep_top_k", "train.log_to", "train.plot",
+    }
+)  # fmt: skip
+OPERATIONAL_SECTIONS = ("predict", "verify")
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    key: str  # section.key
+    saved: Any
+    current: Any
+
+    @property
+    def operational(self) -> bool:
+        return self.key in OPERATIONAL_SETTINGS or self.key.split(".")[0] in OPERATIONAL_SECTIONS
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.saved} -> {self.current}"
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[SettingChange]:
+    """The settings whose values differ between two ``Config.to_dict()`` trees (a key missing from one side, as in a
+    config written by another version, differs too), in the current config's order."""
+    missing = object()
+    changes = []
+    for section in dict.fromkeys([*current, *saved]):
+        before, after = saved.get(section), current.get(section)
+        if not isinstance(before, dict) or not isinstance(after, dict):
+            if before != after:
+                changes.append(SettingChange(section, before, after))
+            continue
+        for key in dict.fromkeys([*after, *before]):
+            old, new = before.get(key, missing), after.get(key, missing)
+            if old != new:
+                changes.append(SettingChange(f"{section}.{key}", *(None if v is missing else v for v in (old, new))))
+    return changes
+
+
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
     """Read a YAML config and apply ``key.path=value`` overrides."""
     path = Path(path)

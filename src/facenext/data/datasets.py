@@ -178,7 +178,9 @@ class SeededSampler(Sampler):
         return -(-self.length // self.world)
 
     def __len__(self) -> int:
-        return self._shard_size() - self.skip
+        # A resume may skip past the shard's end: a stop on the last batch of an epoch whose set is smaller than one
+        # batch (no batch dropped), or a position from more processes, whose padded shards held one batch more.
+        return max(0, self._shard_size() - self.skip)
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

@@ -150,7 +150,13 @@ def batch_to_model(
 
 
 def choose_augment_device(
-    setting: str, preset: str, device: torch.device, paths: Sequence[Path], size: int, mean: Sequence[float]
+    setting: str,
+    preset: str,
+    device: torch.device,
+    paths: Sequence[Path],
+    size: int,
+    mean: Sequence[float],
+    recorded: str | None = None,
 ) -> tuple[str, str]:
     """Where augmentation runs (``cpu`` or ``gpu``) for ``data.augment_device``, and a line saying why ("" when
     there is nothing to say). Raises ValueError for a setting or preset that cannot work.
@@ -159,6 +165,8 @@ def choose_augment_device(
     training images are decoded and pushed through both pipelines here; augmentation moves to the GPU when it is at
     least ``AUTO_SHARE`` of a worker's time per image, i.e. when moving it raises what the workers can feed by a
     quarter or more, for a cost on the GPU well under a percent of a training step (``make gpu-check`` shows both).
+    ``recorded``: the choice a resumed run made at its start (``cpu`` or ``gpu``), which ``auto`` keeps, so that the
+    run goes on with the same augmentation whatever a timing here would say.
     """
     if setting not in AUGMENT_DEVICES:
         raise ValueError(f"unknown augmentation device {setting!r}: choose one of {', '.join(AUGMENT_DEVICES)}")
@@ -168,6 +176,9 @@ def choose_augment_device(
         return "cpu", ""
     if setting != "auto":
         return setting, f"data.augment_device={setting}: augmenting on {device}" if setting == "gpu" else ""
+    if recorded in ("cpu", "gpu"):
+        said = recorded == "gpu" or device.type == "cuda"  # on a CPU device, augmenting in the workers goes unsaid
+        return recorded, f"data.augment_device=auto: {recorded}, as this run chose when it started" if said else ""
     if device.type != "cuda":
         return "cpu", ""
     full, decode = worker_seconds(paths[:AUTO_IMAGES], preset, size, mean)

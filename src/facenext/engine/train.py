@@ -13,8 +13,9 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config, budget_seconds, config_from_dict
+from ..config import Config, budget_seconds, config_changes, config_from_dict
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.device_augment import DeviceAugmentImages, batch_to_model, choose_augment_device
 from ..data.layout import LABELS_FILE, Layout, find_layout, list_classes, refuse_label_problems
@@ -145,10 +146,20 @@ class Data:
     train: FaceImages
     dev: FaceImages | None
     augment_note: str = ""  # where augmentation runs and why, when worth saying
+    augment_device: str = "cpu"  # where it runs: cpu (the workers) or gpu (the training device)
 
 
-def load_data(config: Config, device: torch.device | None = None) -> Data:
-    """The splits; the training set defers augmentation to ``device`` when ``data.augment_device`` says so."""
+def load_data(
+    config: Config,
+    device: torch.device | None = None,
+    recorded: str | None = None,
+    agree: Callable[[str], str] | None = None,
+) -> Data:
+    """The splits; the training set defers augmentation to ``device`` when ``data.augment_device`` says so.
+
+    ``auto`` chooses by a timing, which another session or process could answer differently: ``recorded``, the
+    choice a run being resumed made, is kept instead, and ``agree`` turns this process's choice into the one every
+    process follows (called by every process)."""
     layout = find_layout(config.data.root, config.data.term)
     for split in (layout.train, layout.dev):
         if split is not None and (split / LABELS_FILE).is_file():
@@ -160,7 +171,8 @@ def load_data(config: Config, device: torch.device | None = None) -> Data:
     paths, labels = image_folder(layout.train, classes)
     try:
         on = device or torch.device("cpu")
-        where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean)
+        where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean, recorded)
+        where = agree(where) if agree is not None else where
         train_tf = train_transform(d.augment, size, d.mean, on_device=where == "gpu", erase=d.erase)
     except ValueError as e:
         raise UserError(f"{e} (data.augment, data.augment_device)") from None
@@ -174,7 +186,7 @@ def load_data(config: Config, device: torch.device | None = None) -> Data:
         for dataset in (train, dev):
             if dataset is not None:
                 attach_cache(dataset, d.cache_dir)
-    return Data(layout, classes, train, dev, note)
+    return Data(layout, classes, train, dev, note, where)
 
 
 @torch.no_grad()
@@ -248,13 +260,21 @@ def environment_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -
     return [f"{key} {saved[key]} -> {value}" for key, value in current.items() if saved.get(key, value) != value]
 
 
-def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    """The first config key (``section.key``) whose value differs, for a refusal to say what changed."""
-    for section, values in current.items():
-        for key, value in values.items():
-            if (saved.get(section) or {}).get(key, object()) != value:
-                return f"{section}.{key}"
-    return "its layout"
+# How an optimizer computes its step, not what: chosen for the device at hand, never taken from a checkpoint.
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
+
+def with_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``saved`` (an optimizer state dict) with ``optimizer``'s implementation flags in each group. A run trained with
+    the non-fused AdamW (MPS, older torch) would otherwise turn this one non-fused while the GradScaler, which sees a
+    fused optimizer, passes it ``grad_scale``: AdamW asserts. Loading through the fused flags also moves the step
+    counts where the fused kernel wants them (float32 on the parameters' device)."""
+    ours = optimizer.state_dict()["param_groups"]
+    groups = [
+        {**group, **{k: own[k] for k in OPTIMIZER_IMPLEMENTATION if k in own}}
+        for group, own in zip(saved["param_groups"], ours, strict=False)
+    ]
+    return {**saved, "param_groups": groups}
 
 
 def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> LossScaler:
@@ -326,9 +346,11 @@ class Trainer:
         self.replan_on_start = False  # a resume with another budget or cap re-plans before its first epoch
         self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)
-        self.data = load_data(config, self.device)
+        self.data = load_data(config, self.device, self._recorded_augment_device(), self._agree_augment_device)
         num_classes = len(self.data.classes)
-        # Nulls become the values this run trains with, so that config.yaml (and a resume's comparison) records them.
+        # Nulls become the values this run trains with, so that config.yaml (and a resume's comparison) records them;
+        # so does where augmentation runs, which data.augment_device=auto chooses by a timing.
+        config = replace(config, data=replace(config.data, augment_device=self.data.augment_device))
         config = self.config = resolve_config(config, num_classes, embedding_size(config))
         t = config.train
         self.model = model_from_config(config, num_classes).to(self.device)
@@ -385,6 +407,21 @@ class Trainer:
         self.epoch_started = time.perf_counter()
         self.environment = run_environment(self.device, self.dtype, self.ctx.world)
         self.last_recovery = time.monotonic()
+
+    def _recorded_augment_device(self) -> str | None:
+        """Where the run being resumed augments (its config records the choice); None for a new run, for a run from
+        before the choice was recorded, and when data.augment_device is not auto."""
+        if self.config.data.augment_device != "auto":
+            return None
+        state = self._latest_checkpoint(peek=True)
+        return ((state or {}).get("config") or {}).get("data", {}).get("augment_device")
+
+    def _agree_augment_device(self, where: str) -> str:
+        """Process 0's augmentation device, for every process: each times its own workers, and timings differ."""
+        if not self.ctx.enabled:
+            return where
+        gpu = all_sum([float(where == "gpu") if self.ctx.is_main else 0.0], self.ctx, self.device)[0]
+        return "gpu" if gpu else "cpu"
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         t = self.config.train
@@ -464,8 +501,9 @@ class Trainer:
         """Every process's generators, in rank order; every process must call it."""
         return all_gather(rng_state(self.device), self.ctx)
 
-    def _latest_checkpoint(self) -> dict[str, Any] | None:
-        """The most advanced readable checkpoint; a damaged one is reported and the next one used."""
+    def _latest_checkpoint(self, peek: bool = False) -> dict[str, Any] | None:
+        """The most advanced readable checkpoint; a damaged one is reported and the next one used. ``peek``: tensors
+        are memory-mapped, not read, and nothing is reported (resume() reads and reports)."""
         states = []
         for name in ("recovery.pt", "last.pt", "last.pt.prev"):
             path = self.run_dir / name
@@ -473,9 +511,10 @@ class Trainer:
                 continue
             try:
                 # Always to the CPU: RNG states must come back there, and load_state_dict moves the rest.
-                states.append(load_checkpoint(path, "cpu"))
+                states.append(load_checkpoint(path, "cpu", mmap=peek))
             except UserError as e:
-                print(f"warning: skipping {path}: {e}", file=sys.stderr)
+                if not peek:
+                    print(f"warning: skipping {path}: {e}", file=sys.stderr)
         return max(states, key=lambda s: (s["epoch"], s["batch"]), default=None)
 
     def resume(self) -> bool:
@@ -493,12 +532,15 @@ class Trainer:
             saved = saved.to_dict()
         except UserError:
             saved = state["config"]  # a key that no longer exists: certainly another config
-        current = self.config.to_dict()
-        # Extending a run and changing its budget are allowed: both only change the plan.
-        saved["train"] = {**saved["train"], **{k: current["train"][k] for k in ("epochs", "budget")}}
-        if saved != current:
+        if saved.get("data", {}).get("augment_device") == "auto":  # written before the choice was recorded
+            saved = {**saved, "data": {**saved["data"], "augment_device": self.config.data.augment_device}}
+        # Settings that change the result refuse the resume; operational ones (where the data is, workers, device,
+        # time limit, the planned length, ...) may change, and are printed below.
+        settings = config_changes(saved, self.config.to_dict())
+        different = [change.key for change in settings if not change.operational]
+        if different:
             raise UserError(
-                f"{self.run_dir} holds a run with a different config ({first_difference(saved, current)}): pass "
+                f"{self.run_dir} holds a run with a different config ({', '.join(different)}): pass "
                 f"--out <new folder> or delete {self.run_dir}"
             )
         if state["classes"] != self.data.classes:
@@ -506,7 +548,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(with_implementation(state["optimizer"], self.optimizer))
         # A scale belongs to its precision (a bf16 run's is 1); runs before 0.2 saved an empty one for bf16/fp32.
         saved_precision = (state.get("environment") or {}).get("precision")
         if state["scaler"] and saved_precision in (None, self.environment["precision"]):
@@ -519,7 +561,7 @@ class Trainer:
         self.best_acc, self.best_source = state["best_acc"], state["best_source"]
         self.history, self.top = list(state["history"]), [tuple(x) for x in state["top"]]
         self._restore_rng(state["rng"])
-        changes = environment_changes(state.get("environment"), self.environment)
+        changes = environment_changes(state.get("environment"), self.environment) + [str(c) for c in settings]
         if changes and self.ctx.is_main:
             print(f"resuming with changes since the checkpoint: {', '.join(changes)}", flush=True)
         return True
@@ -765,6 +807,9 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch, self.epoch_stats, self.skipped = 0, [0.0, 0.0, 0.0, 0.0], no_skips()
         self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+        # The budget measures the epoch and re-plans before the checkpoints, so that last.pt holds both (this
+        # epoch's checkpoint time falls into the next epoch's).
+        self._plan("epoch", seconds)
         rng = self.gather_rng()
         if self.ctx.is_main:
             self._save_epoch(score["dev_score"], ema_score["dev_score"], rng)
@@ -858,12 +903,10 @@ class Trainer:
             while self.epoch < self.budget.planned and stopped is None:
                 stopped = self.train_epoch(stop)
                 if stopped is None:
-                    train_s = self.epoch_stats[3]  # end_epoch resets it
                     row = self.end_epoch()
                     if main:
                         self._print_epoch(row)
                         logger.log(row)
-                    self._plan("epoch", train_s)
         summary = self.summary(stopped)
         if main:
             if stopped:
