@@ -2,12 +2,14 @@
 
 import importlib.util
 import json
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 
 import pandas as pd
 import pytest
@@ -16,7 +18,7 @@ import torch
 from facenext.checkpoint import load_checkpoint
 from facenext.cli import main
 
-from .conftest import train_args
+from .conftest import assert_user_error, facenext, train_args
 
 # A LayerNorm model without stochastic parts: per-sample computations, so batches can be split exactly.
 LN_MODEL = ["model.name=tiny", "model.dims=[8,16,24,32]", "model.depths=[1,1,1,1]", "model.drop_path_rate=0.0"]
@@ -92,6 +94,20 @@ def test_time_limit_stops_with_a_checkpoint(sample, tmp_path, capsys):
     assert load_checkpoint(run / "recovery.pt")["step"] == 1
 
 
+def test_deterministic_training_sets_cublas_workspace_config_or_refuses_a_value_that_undoes_it(
+    sample, tmp_path, monkeypatch
+):
+    # CUDA's matrix products are deterministic only with this set before cuBLAS starts; torch itself only warns.
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    refused = facenext(*train_args(sample, tmp_path / "refused", "train.deterministic=true"))
+    assert_user_error(refused, "CUBLAS_WORKSPACE_CONFIG=:4096:8", "':0:0'", "unset it")
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    args = train_args(sample, tmp_path / "run", "train.deterministic=true", "train.time_limit=0.0000001")
+    assert facenext(*args).returncode == 0  # one step, then the time limit
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
 def test_non_finite_losses_stop_the_run_and_nothing_is_saved_as_best(sample, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(train_args(sample, run, "train.lr=1e30", "train.warmup_epochs=0", "train.max_bad_steps=3"))
@@ -155,6 +171,63 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, 
     assert main(train_args(sample, tmp_path / "ddp", *common, "train.epochs=3")) == 0
     assert "processes 2 -> 1" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "ddp" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def start_rank(rank, world, port, args, log):
+    """A training process as torchrun starts one (its environment, a session of its own), forked from this one so
+    that it skips the seconds of imports a fresh interpreter takes; what it prints goes to ``log``."""
+
+    def run():
+        os.setsid()
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world))
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+        torch.set_num_threads(1)
+        with open(log, "w", buffering=1) as out:
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+            sys.stdout = sys.stderr = out
+            try:
+                code = main(args)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            out.flush()
+            os._exit(code)  # nothing of this test process's own exit
+
+    import facenext.engine.train  # noqa: F401  (imported once here rather than in each process)
+
+    process = multiprocessing.get_context("fork").Process(target=run)
+    process.start()
+    return process
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_with_a_recovery_file_and_one_decodes_the_cache(sample, tmp_path):
+    # torchrun signals a process's whole group, so the DataLoader worker gets the SIGTERM too. The other process is
+    # not signalled: it learns of the stop only from the per-step agreement (never at a log line: log_every=1000).
+    run, cache = tmp_path / "ddp", tmp_path / "cache"
+    extra = [
+        *LN_MODEL, "train.epochs=40", "train.log_every=1000", "train.plot=false", "train.keep_top_k=0",
+        "data.num_workers=1", "data.cache=true", f"data.cache_dir={cache}",
+    ]  # fmt: skip
+    port, logs = free_port(), [tmp_path / "rank0.log", tmp_path / "rank1.log"]
+    ranks = [start_rank(rank, 2, port, train_args(sample, run, *extra), logs[rank]) for rank in range(2)]
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists():  # epoch 1 is over; 39 remain
+        assert ranks[0].is_alive() and time.monotonic() < deadline, logs[0].read_text()
+        time.sleep(0.05)
+    os.killpg(ranks[1].pid, signal.SIGTERM)
+    for rank in ranks:
+        rank.join(timeout=120)
+    output = "".join(log.read_text() for log in logs)
+    assert [rank.exitcode for rank in ranks] == [0, 0] and "Traceback" not in output, output
+    assert "stopped (SIGTERM)" in output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "SIGTERM" and summary["epochs"] < 40
+    recovery = load_checkpoint(run / "recovery.pt")
+    assert recovery["epoch"] == summary["epochs"] and recovery["step"] > 0
+    # One process decoded each split (train and dev) while the other waited, then mapped its files.
+    assert output.count("images into the cache") == 2, output
+    assert len(list(cache.glob("*.npy"))) == 2
 
 
 def test_asking_for_a_tracker_that_is_not_installed_is_a_user_error(sample, tmp_path, capsys):

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# Generous: the other processes wait on the host group while one decodes the cache (facenext.data.cache).
+HOST_TIMEOUT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,9 @@ class DistContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    # A gloo group beside the training one, for decisions made on the host (stop flags, waiting for the decoded
+    # cache): an NCCL collective is queued on the GPU, and reading its result waits for every kernel before it.
+    host_group: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -36,7 +43,8 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank, world, local_rank), device
+    host_group = dist.new_group(backend="gloo", timeout=HOST_TIMEOUT)
+    return DistContext(rank, world, local_rank, host_group), device
 
 
 def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
@@ -69,6 +77,18 @@ def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     return all_sum([float(flag)], ctx, device)[0] > 0 if ctx.enabled else flag
 
 
-def barrier(ctx: DistContext) -> None:
+def any_rank_on_host(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """Each flag true on every process when it is true on any, exchanged through the host group: no wait for the
+    GPU, so cheap enough for every step (about half a millisecond between two processes on a busy 2-core machine:
+    benchmarks/stop.md)."""
+    if not ctx.enabled:
+        return flags
+    tensor = torch.tensor(flags, dtype=torch.int32)
+    dist.all_reduce(tensor, group=ctx.host_group)
+    return [value > 0 for value in tensor.tolist()]
+
+
+def barrier(ctx: DistContext, on_host: bool = False) -> None:
+    """Wait for every process; ``on_host`` through the host group, for waits that may outlast NCCL's timeout."""
     if ctx.enabled:
-        dist.barrier()
+        dist.barrier(group=ctx.host_group if on_host else None)

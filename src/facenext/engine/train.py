@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,16 @@ from ..run import RunDir
 from ..scoring import TermScorer
 from .budget import BudgetPlanner, duration_text
 from .curves import ExperimentLogger, plot_curves
-from .distributed import DistContext, all_gather, all_max_, all_sum, any_rank, barrier, init_distributed
+from .distributed import (
+    DistContext,
+    all_gather,
+    all_max_,
+    all_sum,
+    any_rank,
+    any_rank_on_host,
+    barrier,
+    init_distributed,
+)
 from .meters import StepMeter, sum_dtype
 from .skips import LossScaler, RunningStats, poisoned, update_ema
 
@@ -62,12 +71,31 @@ MAX_SKIPPED_SHARE = 0.25
 # diverged, and finite steps would soon round to zero.
 MIN_LOSS_SCALE = 1.0
 
+# The cuBLAS workspace settings torch accepts as deterministic (at::Context::checkCuBLASConfigDeterministic).
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+def deterministic_cublas() -> None:
+    """Deterministic matrix products on CUDA need ``CUBLAS_WORKSPACE_CONFIG`` set before the first cuBLAS handle is
+    made; without it torch (warn_only) only warns, and results vary from run to run. Set it when absent; refuse a
+    value that would undo ``train.deterministic`` (on any device, so a config behaves alike on every machine)."""
+    value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if value is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+    elif value not in CUBLAS_DETERMINISTIC:
+        raise UserError(
+            f"train.deterministic needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC[0]} (or "
+            f"{CUBLAS_DETERMINISTIC[1]}) for deterministic CUDA matrix products, but it is {value!r}: unset it "
+            f"(facenext then sets {CUBLAS_DETERMINISTIC[0]}) or set it to {CUBLAS_DETERMINISTIC[0]}"
+        )
+
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
+        deterministic_cublas()  # the Trainer seeds before anything touches CUDA
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
@@ -92,7 +120,18 @@ def make_loader(
         # A private generator: creating worker processes must not consume the global RNG, or a resumed run
         # would draw different drop-path masks than an uninterrupted one.
         generator=torch.Generator().manual_seed(config.train.seed),
+        worker_init_fn=own_session,
     )
+
+
+def own_session(worker_id: int) -> None:
+    """A DataLoader worker leaves its parent's process group. torchrun stops a process by signalling its whole group
+    (as a terminal's Ctrl-C does), and a worker killed by SIGTERM makes the training process fail with a traceback
+    before it can save. The training process alone decides to stop, then shuts its workers down; a worker whose
+    parent died exits on its own (torch's watchdog)."""
+    if hasattr(os, "setsid"):  # POSIX
+        with suppress(OSError):  # already a session leader
+            os.setsid()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -154,12 +193,14 @@ def load_data(
     device: torch.device | None = None,
     recorded: str | None = None,
     agree: Callable[[str], str] | None = None,
+    ctx: DistContext | None = None,
 ) -> Data:
     """The splits; the training set defers augmentation to ``device`` when ``data.augment_device`` says so.
 
     ``auto`` chooses by a timing, which another session or process could answer differently: ``recorded``, the
     choice a run being resumed made, is kept instead, and ``agree`` turns this process's choice into the one every
-    process follows (called by every process)."""
+    process follows (called by every process). Under torchrun (``ctx``) one process per machine decodes the cache
+    (``data.cache``) for all."""
     layout = find_layout(config.data.root, config.data.term)
     for split in (layout.train, layout.dev):
         if split is not None and (split / LABELS_FILE).is_file():
@@ -181,12 +222,24 @@ def load_data(
     if layout.dev is not None:
         dev = FaceImages(*image_folder(layout.dev, classes), eval_transform(size), size)
     if d.cache:  # decoded once into memory-mapped uint8 arrays; rebuilt when the files change
-        from ..data.cache import attach_cache
-
-        for dataset in (train, dev):
-            if dataset is not None:
-                attach_cache(dataset, d.cache_dir)
+        attach_caches([train, dev], d.cache_dir, ctx or DistContext())
     return Data(layout, classes, train, dev, note, where)
+
+
+def attach_caches(datasets: list[FaceImages | None], cache_dir: str | None, ctx: DistContext) -> None:
+    """Each split's decoded cache, decoded once per machine: local rank 0 builds (or checks) it while the other
+    processes wait, then they map its files. Were each to decode for itself, every process would run a decoder on the
+    same few cores (Kaggle's 4 for two GPUs) and write the same arrays side by side."""
+    from ..data.cache import attach_cache
+
+    decodes = ctx.local_rank == 0
+    if not decodes:
+        barrier(ctx, on_host=True)
+    for dataset in datasets:
+        if dataset is not None:
+            attach_cache(dataset, cache_dir)
+    if decodes:
+        barrier(ctx, on_host=True)
 
 
 @torch.no_grad()
@@ -346,7 +399,9 @@ class Trainer:
         self.replan_on_start = False  # a resume with another budget or cap re-plans before its first epoch
         self.ctx, self.device = init_distributed(device or resolve_device(t.device))
         seed_everything(t.seed, t.deterministic)
-        self.data = load_data(config, self.device, self._recorded_augment_device(), self._agree_augment_device)
+        self.data = load_data(
+            config, self.device, self._recorded_augment_device(), self._agree_augment_device, self.ctx
+        )
         num_classes = len(self.data.classes)
         # Nulls become the values this run trains with, so that config.yaml (and a resume's comparison) records them;
         # so does where augmentation runs, which data.augment_device=auto chooses by a timing.
@@ -695,7 +750,7 @@ class Trainer:
             read = self.step % read_every == 0
             if read:
                 self._read_meter(bar, log_line=not interactive)
-            reason = self._stop_or_recover(stop, agreed=read)
+            reason = self._stop_or_recover(stop)
             if reason is not None:
                 return reason
         self._read_meter(bar)
@@ -756,19 +811,16 @@ class Trainer:
         last = self.run_dir / "last.pt"
         return f"; {last} holds the last good epoch" if last.exists() else ""
 
-    def _stop_or_recover(self, stop: StopRequest, agreed: bool) -> str | None:
-        """Save a recovery file when a stop is requested (returning its reason) or one is due. Alone, this checks
-        the clock and a flag at every step; under DDP the processes must agree, which costs a collective, so only
-        at reading points (``agreed``)."""
+    def _stop_or_recover(self, stop: StopRequest) -> str | None:
+        """Save a recovery file when a stop is requested (returning its reason) or one is due, at every step. Under
+        torchrun the processes agree at every step through the host group (no wait for the GPU): a SIGTERM that
+        reaches any one process stops them all after the step under way, well inside the 30 s torchrun leaves
+        between its SIGTERM and its SIGKILL, whatever ``train.log_every`` is."""
         t = self.config.train
-        if self.ctx.enabled and not agreed:
-            return None
         reason = stop.reason()
         due = bool(t.recovery_minutes) and time.monotonic() - self.last_recovery > t.recovery_minutes * 60
-        if self.ctx.enabled:
-            stops, dues = all_sum([float(reason is not None), float(due)], self.ctx, self.device)
-            reason = reason or ("another process stopped" if stops else None)
-            due = dues > 0
+        signalled, late, due = any_rank_on_host([reason == "SIGTERM", reason == "time limit", due], self.ctx)
+        reason = "SIGTERM" if signalled else "time limit" if late else None
         if reason is not None or due:
             self.save_recovery()
         return reason
