@@ -22,7 +22,7 @@ from facenext.errors import UserError
 from facenext.kaggle import submit
 from facenext.limits import check_limit
 from facenext.run import RunDir
-from facenext.submission import check_submission
+from facenext.submission import check_submission, write_combined
 
 from .conftest import TINY_MODEL, assert_user_error, facenext
 from .test_competitions import current_layout, download, fake_outputs
@@ -113,6 +113,21 @@ def test_f24_and_f26_refuse_a_classification_file_f23_takes_it(tmp_path, sample,
     f23 = tmp_path / "f23.csv"
     f23.write_text("id,label\n" + "".join(f"{i},0\n" for i in ids))
     assert check_submission(f23, find_layout(sample)).name == "classification"
+
+
+@pytest.mark.parametrize("fmt", ["classification", "pairs", "identity"])
+def test_f26_refuses_a_format_of_one_part_only(tmp_path, fmt):
+    # `--format classification` (or a record naming it) passed F26's class rows alone as the combined file, and
+    # `--format identity` wrote nothing but a traceback: F26's file carries both tasks, whatever format is named
+    current_layout(tmp_path / "f26" / "hw2p2_data")
+    layout = find_layout(tmp_path / "f26", "f26")
+    f26 = tmp_path / "f26.csv"
+    f26.write_text(CLASSIFICATION)
+    with pytest.raises(UserError, match=f"{fmt}.*F26.*both tasks.*: cls\\+ver-rows, sample"):
+        check_submission(f26, layout, fmt=fmt)
+    with pytest.raises(UserError, match=f"{fmt}.*F26.*both tasks"):
+        write_combined(tmp_path / "out.csv", layout, [0, 0, 0], [0.5, 0.5], fmt)
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_submit_refuses_a_classification_file_for_s26(tmp_path):

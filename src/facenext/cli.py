@@ -92,7 +92,9 @@ def _check_submission(args: argparse.Namespace) -> None:
     from .submission import check_submission
 
     fmt = args.format or recorded_format(args.file)
-    source = f"--format {fmt}" if args.format else f"the format recorded in {Path(args.file).with_suffix('.json')}"
+    source = (
+        f"--format {fmt}" if args.format else f"the format {fmt} recorded in {Path(args.file).with_suffix('.json')}"
+    )
     layout = find_layout(args.data, args.term)
     checked = check_submission(Path(args.file), layout, args.kind, args.num_classes, fmt=fmt, fmt_source=source)
     print(f"{args.file}: ok ({checked.name} format)")

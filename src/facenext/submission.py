@@ -391,7 +391,7 @@ def submission_format(layout: Layout, requested: str | None = None, source: str 
     """
     term = layout.term
     if requested and requested != "auto" and requested != "sample" and requested not in FORMATS:
-        raise UserError(f"unknown submission format {requested!r}: use one of {', '.join([*FORMATS, 'sample'])}")
+        raise UserError(f"unknown submission format {requested!r}: use one of {', '.join(COMBINED_FORMATS)}")
     if layout.family.name == "combined" and layout.samples:
         if len(layout.samples) > 1:
             names = ", ".join(str(p) for p in layout.samples)
@@ -405,6 +405,11 @@ def submission_format(layout: Layout, requested: str | None = None, source: str 
     if requested == "sample":
         raise UserError(f"--format sample needs a *sample_submission*.csv in the download, and {layout.root} has none")
     if requested and requested != "auto":
+        if requested not in COMBINED_FORMATS:  # a format of one part would pass (or write) half the file as all of it
+            raise UserError(
+                f"{source or f'--format {requested}'}: the {term.key.upper()} competition scores one file with both "
+                f"tasks, in one of these formats: {', '.join(COMBINED_FORMATS)}"
+            )
         return FORMATS[requested]()
     if term.submission_format:
         return FORMATS[term.submission_format]()
