@@ -77,7 +77,7 @@ def test_predicting_twice_gives_identical_files(trained_run, tmp_path):
     for file in ("test_logits.npz", "submission.csv"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
     with np.load(tmp_path / "a" / "test_logits.npz") as data:  # still a plain npz
-        assert set(data.files) == {"logits", "ids", "classes"}
+        assert set(data.files) == {"logits", "ids", "classes", "weights"}
 
 
 def test_other_class_list_is_a_one_line_error(trained_run, sample, tmp_path, capsys):
