@@ -1,6 +1,7 @@
 # FaceNext: the user's door. Every target runs inside .venv, created by `make setup` when missing.
 # Variables: CONFIG (training recipe), RUN / RUNS (run folders), COMP (Kaggle slug), FILE, MSG (default: the grading
-# reference of the run's W&B run, else the runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit), PUSH (kernel), TERM (demo: f23 or f26),
+# reference of the run's W&B run, else the runs and their dev scores), DATA, WEIGHTS (ensemble: equal or fit),
+# PUSH (kernel), TERM (demo: f23 or f26),
 # FIT_LIMIT=1 (ensemble: the best runs that fit the limit), VERIFICATION=1 (ensemble: the runs' verify scores into
 # the verification submission), TAG and WANDB (submit: the grading description TAG|WB=WANDB).
 
