@@ -222,3 +222,26 @@ def test_f26_notebook_attaches_one_copy_of_the_data():
 
 def test_kernel_refuses_a_tag_with_spaces():
     assert_user_error(facenext("kernel", CONFIG, "--tag", "HW2 P2", "--user", "tester"), "--tag", "no spaces")
+
+
+def test_f26_notebook_whose_config_disagrees_with_the_sample_stops_before_training_with_a_fix_it_can_follow(
+    bundle, tmp_path
+):
+    from .test_term_and_format import STEMS_SAMPLE, unzipped
+
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(bundle["toolkit"], kaggle / "input" / "facenext-toolkit")
+    data = unzipped(kaggle / "input" / F26, "f26")
+    (data.parent / "sample_submission.csv").write_text(STEMS_SAMPLE)  # stems and pairs 1..N: not cls+ver-rows
+    script = tmp_path / "notebook.py"
+    script.write_text(notebook_script(Path(F26_CONFIG).read_text(), TINY, [F26], "f26_lean_convnext"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(FACENEXT_KAGGLE_ROOT=str(kaggle), KAGGLE_KERNEL_RUN_TYPE="Batch", PYTHONPATH="", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert "sample_submission.csv in the download decides" in error and "in this notebook's config" in error
+    assert "facenext kernel CONFIG predict.submission_format=sample" in error and "--format" not in error
+    assert not (kaggle / "working" / "runs").exists()  # stopped before hours of training

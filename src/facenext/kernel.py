@@ -381,7 +381,14 @@ try:
     config = load_config(WORKING / "config.yaml", OVERRIDES)
     layout = find_layout(DATA, config.data.term)
     # F26: the download's sample submission, else predict.submission_format; never a guess
-    fmt = submission_format(layout, config.predict.submission_format).name if layout.family.name == "combined" else None
+    # No flag reaches a running notebook: the fix is a notebook rebuilt with another setting.
+    source = f"predict.submission_format: {{config.predict.submission_format}} in this notebook's config"
+    fix = "rebuild the notebook with `facenext kernel CONFIG predict.submission_format=sample` and push it again"
+    fmt = (
+        submission_format(layout, config.predict.submission_format, source, fix).name
+        if layout.family.name == "combined"
+        else None
+    )
 except UserError as e:
     sys.exit(f"facenext: error: {{e}}")
 print(f"competition: {{layout.term.title}} ({{layout.term.key}}) in {{layout.root}}", flush=True)

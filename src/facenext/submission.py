@@ -382,12 +382,18 @@ def submission_record(file: str | Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def submission_format(layout: Layout, requested: str | None = None, source: str | None = None) -> SubmissionFormat:
+SAMPLE_FIX = "pass --format sample, or drop that setting"
+
+
+def submission_format(
+    layout: Layout, requested: str | None = None, source: str | None = None, fix: str = SAMPLE_FIX
+) -> SubmissionFormat:
     """The format of the term's (combined) submission: the competition's sample submission whenever the download
     has one, else ``requested`` (``--format`` or predict.submission_format), else the term's own; never a guess.
 
     A ``requested`` format that would write another file than the sample (another header, other ids or another
-    row order) is refused in one line naming both; ``source`` says where it was named (``--format``, a config).
+    row order) is refused in one line naming both; ``source`` says where it was named (``--format``, a config), and
+    ``fix`` what to do (a Kaggle notebook takes no flag).
     """
     term = layout.term
     if requested and requested != "auto" and requested != "sample" and requested not in FORMATS:
@@ -400,7 +406,7 @@ def submission_format(layout: Layout, requested: str | None = None, source: str 
             )
         sample = SampleFormat(layout.samples[0])
         if requested and requested not in ("auto", "sample"):
-            _same_as_sample(FORMATS[requested](), sample, layout, source or f"the format named ({requested})")
+            _same_as_sample(FORMATS[requested](), sample, layout, source or f"the format named ({requested})", fix)
         return sample
     if requested == "sample":
         raise UserError(f"--format sample needs a *sample_submission*.csv in the download, and {layout.root} has none")
@@ -419,7 +425,7 @@ def submission_format(layout: Layout, requested: str | None = None, source: str 
     )
 
 
-def _same_as_sample(named: SubmissionFormat, sample: SampleFormat, layout: Layout, source: str) -> None:
+def _same_as_sample(named: SubmissionFormat, sample: SampleFormat, layout: Layout, source: str, fix: str) -> None:
     """Refuse ``named`` unless it writes the sample's file: its header, and its ids in its order."""
     frame, _ = sample._read(layout)
     header, ids = list(map(str, frame.columns)), frame.iloc[:, 0].tolist()
@@ -436,8 +442,7 @@ def _same_as_sample(named: SubmissionFormat, sample: SampleFormat, layout: Layou
             k = next(k for k, (a, b) in enumerate(zip(mine, ids, strict=True)) if a != b)  # same count: _read
             why = f"{named.name} writes row {k + 1} as {mine[k]!r}, the sample as {ids[k]!r}"
     raise UserError(
-        f"{sample.sample} in the download decides the submission's format, and {source} disagrees ({why}): "
-        "pass --format sample, or drop that setting"
+        f"{sample.sample} in the download decides the submission's format, and {source} disagrees ({why}): {fix}"
     )
 
 
