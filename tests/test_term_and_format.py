@@ -101,6 +101,19 @@ def test_a_named_term_is_not_made_ambiguous_by_a_download_named_as_another_term(
         find_layout(data, "s26")  # `fall` could be the S26 named: never a silent pick
 
 
+def test_a_download_its_slug_or_marker_names_as_another_term_is_not_taken_as_the_term_named(tmp_path):
+    data = tmp_path / "data"
+    s26 = unzipped(data / S26_SLUG, "s26")  # the wrong competition downloaded, then trained as F26
+    assert find_layout(data, "s26").root == s26
+    assert_user_error(
+        facenext("check-data", data, "--term", "f26"), "is the S26 competition", "not F26", "data.term to s26"
+    )
+    marked = unzipped(tmp_path / "other" / "spring", "s26", test_split=False)  # named by the marker alone
+    (marked.parent / ".complete").write_text(json.dumps({"slug": S26_SLUG, "files": 0, "zip_bytes": 0}))
+    with pytest.raises(UserError, match="named by its marker"):
+        find_layout(tmp_path / "other", "f26")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The combined file's format: a sample in the download decides
 # ---------------------------------------------------------------------------------------------------------------

@@ -333,6 +333,25 @@ def _terms_of(folder: Path, root: Path) -> tuple[Term, ...]:
     return _identify(folder, root, [t for t in TERMS.values() if family_of(t).matches(folder, t)])
 
 
+def _refuse_named_as_another(folder: Path, root: Path, term: Term) -> None:
+    """A competition that its marker or a slug in its path names as another term is not ``term``: most likely the
+    other term's competition was downloaded. Only these name a term for sure; the test split does not overrule one
+    named by the user."""
+    from ..competitions import TERMS, family_of
+
+    shaped = [t for t in TERMS.values() if family_of(t).matches(folder, t)]
+    marker = read_marker(folder, root)
+    named = [t for t in shaped if marker.get("term") == t.key or marker.get("slug") in t.slugs]
+    named = named or _named_by_slug(folder, shaped)
+    if named and term not in named:
+        keys = " or ".join(t.key for t in named)
+        raise UserError(
+            f"{folder} is the {keys.upper()} competition (named by its {'marker' if marker else 'folder'}), not "
+            f"{term.key.upper()}: download {term.key.upper()}'s data (`facenext download {term.slugs[0]}`) and point "
+            f"data.root at it, or set data.term to {keys}"
+        )
+
+
 def find_competitions(root: Path, terms: list[Term]) -> list[Found]:
     """Every competition of ``terms`` under ``root`` (up to two levels down), by structure."""
     from ..competitions import family_of
@@ -376,6 +395,8 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
     if len(found) > 1:
         raise AmbiguousData(_ambiguity(root, found))
     (one,) = found
+    if len(wanted) == 1:
+        _refuse_named_as_another(one.folder, root, wanted[0])
     if len(one.terms) > 1:
         keys = ", ".join(t.key for t in one.terms)
         raise AmbiguousData(
