@@ -102,7 +102,9 @@ class TrainConfig:
     # a budget is a ceiling, so a config that fits runs as written (raise train.epochs to fill a long budget). Time
     # spent before a resume counts. time_limit stays the hard stop; the budget only sets the schedule's length.
     budget: str | float | None = None
-    max_bad_steps: int = 20  # stop after this many non-finite losses in a row
+    # Stop after this many optimizer steps with a non-finite loss in a row, or once this many steps of an epoch are
+    # skipped (non-finite losses and fp16 overflows) and they are more than a quarter of its steps so far
+    max_bad_steps: int = 20
     init_from: str | None = None  # start from another run's weights (e.g. fine-tuning), classifier re-made if needed
     log_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, when installed
     plot: bool = True  # write curves.png at the end
