@@ -22,6 +22,7 @@ from PIL import Image
 
 from facenext.cli import main
 from facenext.config import config_from_dict
+from facenext.console import log_to_console
 from facenext.data.layout import find_layout, list_classes
 from facenext.data.sample import write_sample_competition
 from facenext.run import RunDir
@@ -112,6 +113,12 @@ def assert_user_error(result, *words, allow_warnings=False):
     assert len(lines) == 1 and lines[0].startswith("facenext: error:"), result.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _library_lines_on_the_console():
+    """What the CLI does first: tests that call library functions directly see their lines as a user of the CLI."""
+    log_to_console()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import MERGES, TTA_HELP
+from .console import log_to_console
 from .errors import UserError
 from .io import DISK_FULL
 from .run import WEIGHTS
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    log_to_console()  # the library logs; the terminal shows its lines as plain text (once, however often main runs)
     parser = build_parser()
     # Overrides may come before or after options (`train CONFIG --out X a=b`): collect the ones argparse left over.
     args, extra = parser.parse_known_args(argv)
