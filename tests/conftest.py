@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from facenext.cli import main
+from facenext.config import config_from_dict
+from facenext.console import log_to_console
+from facenext.data.layout import find_layout, list_classes
 from facenext.data.sample import write_sample_competition
+from facenext.run import RunDir
+from facenext.submission import classification_ids
 
 from .fake_kaggle import FakeKaggle
 
@@ -104,6 +115,12 @@ def assert_user_error(result, *words, allow_warnings=False):
         assert word in lines[0], lines[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _library_lines_on_the_console():
+    """What the CLI does first: tests that call library functions directly see their lines as a user of the CLI."""
+    log_to_console()
+
+
 @pytest.fixture(autouse=True)
 def _keep_torch_determinism():
     """`train.deterministic=true` switches torch to deterministic algorithms for the process; undo it per test."""
@@ -155,3 +172,140 @@ def server():
 def fake(server):
     server.reset()
     return server
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Literal S25-to-F26 layouts (shared/spec/competitions.md), fake runs and their outputs, processes, small numbers
+# ---------------------------------------------------------------------------------------------------------------
+
+# The spec's lines, as the F26 download holds them.
+TRAIN_LABELS = "train_000000.jpg 4521\ntrain_000001.jpg 4521\ntrain_000002.jpg 17\ntrain_000003.jpg 0\n"
+DEV_LABELS = "dev_000000.jpg 17\ndev_000001.jpg 4521\n"
+VER_IMAGES = ["q6HIqRrx.jpg", "wxMgJZO4.jpg", "Zk3mQ0aB.jpg", "p9LtY2cE.jpg"]
+VAL_PAIRS = "q6HIqRrx.jpg wxMgJZO4.jpg 1\nZk3mQ0aB.jpg p9LtY2cE.jpg 0\nq6HIqRrx.jpg p9LtY2cE.jpg 0\n"
+TEST_PAIRS = "q6HIqRrx.jpg wxMgJZO4.jpg\nZk3mQ0aB.jpg q6HIqRrx.jpg\n"
+TEST_IMAGES = ["test_000000.jpg", "test_000001.jpg", "test_000002.jpg"]
+
+
+def jpeg(path: Path, shade: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (shade, 100, 200 - shade)).save(path, format="JPEG")
+
+
+def current_layout(folder: Path, pairs_under_cls: bool = False, test_labels: str | None = None) -> Path:
+    """An S25-to-F26 competition folder built from the spec's literal lines."""
+    cls = folder / "cls_data"
+    for split, labels in (("train", TRAIN_LABELS), ("dev", DEV_LABELS)):
+        (cls / split).mkdir(parents=True)
+        (cls / split / "labels.txt").write_text(labels)
+        for k, line in enumerate(labels.splitlines()):
+            jpeg(cls / split / "images" / line.split()[0], 20 * k)
+    for k, name in enumerate(TEST_IMAGES):
+        jpeg(cls / "test" / "images" / name, 30 * k)
+    if test_labels is not None:
+        (cls / "test" / "labels.txt").write_text(test_labels)
+    for k, name in enumerate(VER_IMAGES):
+        jpeg(folder / "ver_data" / name, 40 * k)
+    pairs = cls if pairs_under_cls else folder
+    (pairs / "val_pairs.txt").write_text(VAL_PAIRS)
+    (pairs / "test_pairs.txt").write_text(TEST_PAIRS)
+    return folder
+
+
+def download(data: Path, slug: str, folder: str, **kw) -> Path:
+    """As `facenext download SLUG` leaves it: data/<slug>/<the zip's folder>/..., and the marker naming the slug."""
+    current_layout(data / slug / folder, **kw)
+    (data / slug / ".complete").write_text(json.dumps({"slug": slug, "files": 0, "zip_bytes": 0}))
+    return data / slug / folder
+
+
+def fake_run(runs: Path, name: str, parameters: int, data: Path, wandb: str | None = None) -> Path:
+    """A run folder as training leaves it (config, classes, summary), without its weights."""
+    run = runs / name
+    folder = RunDir(run)
+    folder.write_config(config_from_dict({"data": {"root": str(data), "term": "f26"}}))
+    folder.write_classes(list_classes(find_layout(data, "f26").train))
+    folder.write_summary({"parameters": parameters, "best_dev_acc": 0.5})
+    if wandb:
+        (run / "wandb.json").write_text(json.dumps({"path": wandb}))
+    return run
+
+
+def fake_outputs(
+    predictions: Path, run: Path, data: Path, quality: float, seed: int, scoring: str = "plain cosine"
+) -> None:
+    """The files `predict --split dev`, `predict` and `verify` save: logits and pair scores, better with quality."""
+    from facenext.combined import save_pair_scores
+    from facenext.data.datasets import image_folder
+    from facenext.predict import save_logits
+
+    rng = np.random.default_rng(seed)
+    layout = find_layout(data, "f26")
+    classes = json.loads((run / "classes.json").read_text())
+    out = predictions / run.name
+    _, dev_labels = image_folder(layout.dev, classes)
+    dev_labels = np.array(dev_labels)
+    logits = rng.normal(size=(len(dev_labels), len(classes)))
+    logits[np.arange(len(dev_labels)), dev_labels] += 6 * quality
+    save_logits(out / "dev_logits.npz", logits, [str(i) for i in range(len(dev_labels))], classes, dev_labels)
+    ids, _ = classification_ids(layout)
+    weights = f"best:{run.name}"  # both parts from the same (absent) weights
+    save_logits(out / "test_logits.npz", rng.normal(size=(len(ids), len(classes))), ids, classes, None, weights)
+    val = pd.read_csv(layout.val_pairs, sep=" ", header=None)[2].to_numpy()
+    scores = val * quality + rng.normal(scale=0.3, size=len(val))
+    test_pairs = len(layout.test_pairs.read_text().splitlines())
+    save_pair_scores(out, scores, val, rng.normal(size=test_pairs), scoring, weights)
+
+
+def run(env, *args, cwd=None):
+    """A separate process: the kaggle client reads its credentials, proxy and home from the environment it starts in."""
+    return facenext_process(*args, env=env, cwd=cwd, timeout=120)
+
+
+def make_run(runs: Path, name: str, data: Path, term: str, parameters: int | None) -> Path:
+    """A run folder as training leaves it (config, classes; summary.json unless ``parameters`` is None: a run
+    stopped before its summary), with a tiny model in its config."""
+    folder = RunDir(runs / name)
+    model = dict(item.removeprefix("model.").split("=") for item in TINY_MODEL)
+    model["dims"], model["depths"] = json.loads(model["dims"]), json.loads(model["depths"])
+    folder.write_config(config_from_dict({"data": {"root": str(data), "term": term}, "model": model}))
+    folder.write_classes(list_classes(find_layout(data, term).train))
+    if parameters is not None:
+        folder.write_summary({"parameters": parameters, "best_dev_acc": 0.5})
+    return folder.path
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def noisy_clusters(people: int, images: int, noise: float, seed: int = 0):
+    """Normalised embeddings: ``images`` noisy views of each of ``people`` random directions, and their owners."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, 32))
+    owners = np.repeat(np.arange(people), images)
+    feats = centres[owners] + noise * rng.normal(size=(len(owners), 32))
+    return (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32), owners
+
+
+# S26 shipped cls_data/test/labels.txt ("<image_file> <class_id>"), F26 none.
+S26_TEST_LABELS = "test_000000.jpg 4521\ntest_000001.jpg 17\ntest_000002.jpg 0\n"
+
+
+def unzipped(parent: Path, term: str, test_split: bool = True) -> Path:
+    """``parent/hw2p2_data/`` as the term's zip unpacks, without any marker; optionally without a test split."""
+    folder = current_layout(parent / "hw2p2_data", test_labels=S26_TEST_LABELS if term == "s26" else None)
+    if not test_split:
+        shutil.rmtree(folder / "cls_data" / "test")
+    return folder
+
+
+STEMS_SAMPLE = "id,label\ntest_000000,0\ntest_000001,0\ntest_000002,0\n1,0.0\n2,0.0\n"  # stems; pairs 1..N

@@ -18,9 +18,20 @@ from facenext.models import model_from_config
 from facenext.run import RunDir
 from facenext.verification.identity import evaluate_similarity
 
-from .conftest import CONFIG, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
-from .test_competitions import TEST_PAIRS, TRAIN_LABELS, VAL_PAIRS, current_layout, download, jpeg
-from .test_submit_checks import make_run
+from .conftest import (
+    CONFIG,
+    TEST_PAIRS,
+    TINY_MODEL,
+    TINY_TRAIN,
+    TRAIN_LABELS,
+    VAL_PAIRS,
+    assert_user_error,
+    current_layout,
+    download,
+    facenext,
+    jpeg,
+    make_run,
+)
 
 
 @pytest.fixture

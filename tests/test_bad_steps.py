@@ -17,8 +17,7 @@ from facenext.config import load_config
 from facenext.engine.train import StopRequest, Trainer, grad_scaler
 from facenext.errors import UserError
 
-from .conftest import CONFIG, train_args
-from .test_engine import free_port
+from .conftest import CONFIG, free_port, train_args
 
 NAN = float("nan")
 # Each injection, by micro-batch: a NaN loss; an inf loss whose gradients are finite (an overflowed logit of another

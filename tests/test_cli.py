@@ -48,3 +48,18 @@ def test_a_pickle_that_runs_code_is_refused(trained_run, tmp_path):
 
 def test_not_a_run_folder(tmp_path):
     assert_user_error(facenext("predict", tmp_path), "not a training run")
+
+
+def test_tta_merge_and_weight_options_are_the_ones_the_library_reads():
+    import argparse
+
+    from facenext.cli import build_parser
+    from facenext.inference import MERGES, TTA_HELP
+    from facenext.run import WEIGHTS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("predict", "verify"):
+        options = {a.dest: a for a in commands[command]._actions}
+        assert options["tta"].help.startswith(TTA_HELP)  # the help names exactly what parse_tta accepts
+        assert options["weights"].choices is WEIGHTS
+    assert {a.dest: a for a in commands["predict"]._actions}["merge"].choices is MERGES

@@ -9,68 +9,33 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from facenext.cli import main
 from facenext.competitions import combined_score, family_of, get_term
-from facenext.config import config_from_dict
 from facenext.data.check import check_data
 from facenext.data.layout import AmbiguousData, find_layout, list_classes, read_labels
 from facenext.data.sample import write_sample_competition
 from facenext.ensemble import dev_score, ensemble, fit_to_limit
 from facenext.errors import UserError
 from facenext.limits import check_limit
-from facenext.run import RunDir
 from facenext.submission import check_submission, classification_ids, submission_format, write_combined
 
-from .test_cli import assert_user_error
-from .test_kaggle import run
-
-# The spec's lines, as the F26 download holds them.
-TRAIN_LABELS = "train_000000.jpg 4521\ntrain_000001.jpg 4521\ntrain_000002.jpg 17\ntrain_000003.jpg 0\n"
-DEV_LABELS = "dev_000000.jpg 17\ndev_000001.jpg 4521\n"
-VER_IMAGES = ["q6HIqRrx.jpg", "wxMgJZO4.jpg", "Zk3mQ0aB.jpg", "p9LtY2cE.jpg"]
-VAL_PAIRS = "q6HIqRrx.jpg wxMgJZO4.jpg 1\nZk3mQ0aB.jpg p9LtY2cE.jpg 0\nq6HIqRrx.jpg p9LtY2cE.jpg 0\n"
-TEST_PAIRS = "q6HIqRrx.jpg wxMgJZO4.jpg\nZk3mQ0aB.jpg q6HIqRrx.jpg\n"
-TEST_IMAGES = ["test_000000.jpg", "test_000001.jpg", "test_000002.jpg"]
-
-
-def jpeg(path: Path, shade: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (shade, 100, 200 - shade)).save(path, format="JPEG")
-
-
-def current_layout(folder: Path, pairs_under_cls: bool = False, test_labels: str | None = None) -> Path:
-    """An S25-to-F26 competition folder built from the spec's literal lines."""
-    cls = folder / "cls_data"
-    for split, labels in (("train", TRAIN_LABELS), ("dev", DEV_LABELS)):
-        (cls / split).mkdir(parents=True)
-        (cls / split / "labels.txt").write_text(labels)
-        for k, line in enumerate(labels.splitlines()):
-            jpeg(cls / split / "images" / line.split()[0], 20 * k)
-    for k, name in enumerate(TEST_IMAGES):
-        jpeg(cls / "test" / "images" / name, 30 * k)
-    if test_labels is not None:
-        (cls / "test" / "labels.txt").write_text(test_labels)
-    for k, name in enumerate(VER_IMAGES):
-        jpeg(folder / "ver_data" / name, 40 * k)
-    pairs = cls if pairs_under_cls else folder
-    (pairs / "val_pairs.txt").write_text(VAL_PAIRS)
-    (pairs / "test_pairs.txt").write_text(TEST_PAIRS)
-    return folder
-
-
-def download(data: Path, slug: str, folder: str, **kw) -> Path:
-    """As `facenext download SLUG` leaves it: data/<slug>/<the zip's folder>/..., and the marker naming the slug."""
-    current_layout(data / slug / folder, **kw)
-    (data / slug / ".complete").write_text(json.dumps({"slug": slug, "files": 0, "zip_bytes": 0}))
-    return data / slug / folder
-
+from .conftest import (
+    TEST_PAIRS,
+    VAL_PAIRS,
+    VER_IMAGES,
+    assert_user_error,
+    current_layout,
+    download,
+    fake_outputs,
+    fake_run,
+    jpeg,
+    run,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Layouts and labels.txt
@@ -239,44 +204,6 @@ def test_f26_follows_the_sample_submission_in_the_download(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # Limits, ensembles, the grading tag and S22's submit
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def fake_run(runs: Path, name: str, parameters: int, data: Path, wandb: str | None = None) -> Path:
-    """A run folder as training leaves it (config, classes, summary), without its weights."""
-    run = runs / name
-    folder = RunDir(run)
-    folder.write_config(config_from_dict({"data": {"root": str(data), "term": "f26"}}))
-    folder.write_classes(list_classes(find_layout(data, "f26").train))
-    folder.write_summary({"parameters": parameters, "best_dev_acc": 0.5})
-    if wandb:
-        (run / "wandb.json").write_text(json.dumps({"path": wandb}))
-    return run
-
-
-def fake_outputs(
-    predictions: Path, run: Path, data: Path, quality: float, seed: int, scoring: str = "plain cosine"
-) -> None:
-    """The files `predict --split dev`, `predict` and `verify` save: logits and pair scores, better with quality."""
-    from facenext.combined import save_pair_scores
-    from facenext.data.datasets import image_folder
-    from facenext.predict import save_logits
-
-    rng = np.random.default_rng(seed)
-    layout = find_layout(data, "f26")
-    classes = json.loads((run / "classes.json").read_text())
-    out = predictions / run.name
-    _, dev_labels = image_folder(layout.dev, classes)
-    dev_labels = np.array(dev_labels)
-    logits = rng.normal(size=(len(dev_labels), len(classes)))
-    logits[np.arange(len(dev_labels)), dev_labels] += 6 * quality
-    save_logits(out / "dev_logits.npz", logits, [str(i) for i in range(len(dev_labels))], classes, dev_labels)
-    ids, _ = classification_ids(layout)
-    weights = f"best:{run.name}"  # both parts from the same (absent) weights
-    save_logits(out / "test_logits.npz", rng.normal(size=(len(ids), len(classes))), ids, classes, None, weights)
-    val = pd.read_csv(layout.val_pairs, sep=" ", header=None)[2].to_numpy()
-    scores = val * quality + rng.normal(scale=0.3, size=len(val))
-    test_pairs = len(layout.test_pairs.read_text().splitlines())
-    save_pair_scores(out, scores, val, rng.normal(size=test_pairs), scoring, weights)
 
 
 def test_limit_refusal_and_fit_limit_pick_the_best_subset_that_fits(tmp_path, capsys):

@@ -15,7 +15,7 @@ from facenext.data.device_augment import DeviceAugment, DeviceAugmentImages, cho
 from facenext.data.layout import find_layout, list_classes
 from facenext.data.transforms import BatchToModel, train_transform
 
-from .test_engine import assert_same_tensors, train_args
+from .conftest import assert_same_tensors, train_args
 
 SIZE = 56
 

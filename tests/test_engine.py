@@ -5,7 +5,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import torch
 from facenext.checkpoint import load_checkpoint
 from facenext.cli import main
 
-from .conftest import assert_user_error, facenext, train_args
+from .conftest import assert_same_tensors, assert_user_error, facenext, free_port, train_args
 
 # A LayerNorm model without stochastic parts: per-sample computations, so batches can be split exactly.
 LN_MODEL = ["model.name=tiny", "model.dims=[8,16,24,32]", "model.depths=[1,1,1,1]", "model.drop_path_rate=0.0"]
@@ -27,12 +26,6 @@ LN_MODEL = ["model.name=tiny", "model.dims=[8,16,24,32]", "model.depths=[1,1,1,1
 def weights(path):
     state = load_checkpoint(path)
     return state["model"], state.get("ema")
-
-
-def assert_same_tensors(a, b):
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert different == []
 
 
 def start(args):
@@ -142,12 +135,6 @@ def test_gradient_accumulation_equals_the_larger_batch(sample, tmp_path):
     assert (
         load_checkpoint(tmp_path / "accum" / "last.pt")["step"] == load_checkpoint(tmp_path / "big" / "last.pt")["step"]
     )
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(sample, tmp_path, capsys):

@@ -18,8 +18,7 @@ from facenext.grading import notebook_grading_lines, parse_grading_description
 from facenext.run import RunDir
 from facenext.submission import classification_ids, write_combined
 
-from .conftest import assert_user_error, facenext
-from .test_kaggle import run
+from .conftest import assert_user_error, facenext, run
 
 F26 = "hw-2-p-2-fall-2026-student-competition"
 S26 = "11785-hw-2-p-2-face-verification-spring-2026"

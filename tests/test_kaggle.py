@@ -14,7 +14,7 @@ from facenext.data.layout import find_layout
 from facenext.data.sample import write_sample_competition
 from facenext.submission import classification_ids
 
-from .conftest import assert_user_error, facenext_process
+from .conftest import assert_user_error, run
 
 SLUG = "my-comp"
 
@@ -34,11 +34,6 @@ def zip_bytes(competition) -> bytes:
             if path.is_file():
                 zf.write(path, path.relative_to(competition).as_posix())
     return buf.getvalue()
-
-
-def run(env, *args, cwd=None):
-    """A separate process: the kaggle client reads its credentials, proxy and home from the environment it starts in."""
-    return facenext_process(*args, env=env, cwd=cwd, timeout=120)
 
 
 def download(fake, tmp_path, *extra, env=None):

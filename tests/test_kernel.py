@@ -31,8 +31,7 @@ from facenext.kernel import (
 from facenext.submission import check_submission, classification_ids
 from facenext.submission import test_pair_count as pair_count
 
-from .conftest import CONFIG, ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
-from .test_kaggle import run
+from .conftest import CONFIG, ROOT, STEMS_SAMPLE, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext, run, unzipped
 
 SLUG = "my-comp"
 F26 = "hw-2-p-2-fall-2026-student-competition"
@@ -227,8 +226,6 @@ def test_kernel_refuses_a_tag_with_spaces():
 def test_f26_notebook_whose_config_disagrees_with_the_sample_stops_before_training_with_a_fix_it_can_follow(
     bundle, tmp_path
 ):
-    from .test_term_and_format import STEMS_SAMPLE, unzipped
-
     kaggle = tmp_path / "kaggle"
     shutil.copytree(bundle["toolkit"], kaggle / "input" / "facenext-toolkit")
     data = unzipped(kaggle / "input" / F26, "f26")

@@ -102,7 +102,7 @@ def test_corrupt_test_image_fails_or_is_filled(trained_run, sample, tmp_path, ca
     assert not (tmp_path / "out" / "submission.csv").exists()
     with pytest.warns(UserWarning, match=broken):
         assert main([*args, "--fill"]) == 0
-    assert "most common prediction" in capsys.readouterr().out
+    assert "most common prediction" in capsys.readouterr().err  # a warning: on stderr, as the others
     submission = pd.read_csv(tmp_path / "out" / "submission.csv", dtype={"id": str})
     assert submission["id"].tolist() == list_images(layout.test)
     assert submission["label"].iloc[3] == submission["label"].drop(index=3).mode().iloc[0]

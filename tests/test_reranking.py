@@ -10,7 +10,7 @@ from facenext.errors import UserError
 from facenext.verification.reranking import KReciprocal
 from facenext.verification.similarity import Scoring
 
-from .test_verify import noisy_clusters
+from .conftest import noisy_clusters
 
 
 def dense_reference(feats: np.ndarray, k1: int, k2: int, lam: float = 0.3) -> np.ndarray:

@@ -2,50 +2,32 @@
 user explicitly sends unchecked), only a kind of file the term's competition scores, and only models whose
 parameters are counted, from any folder, against the term's limit.
 
-Layouts and files are the spec's literal lines (``tests/test_competitions.py``); uploads go through the real kaggle
+Layouts and files are the spec's literal lines (``tests/conftest.py``); uploads go through the real kaggle
 client to the fake server, which shows what reached it.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from facenext.cli import main
 from facenext.competitions import get_term
-from facenext.config import config_from_dict
-from facenext.data.layout import find_layout, list_classes
+from facenext.data.layout import find_layout
 from facenext.data.sample import write_sample_competition
 from facenext.errors import UserError
 from facenext.kaggle import submit
 from facenext.limits import check_limit
-from facenext.run import RunDir
 from facenext.submission import check_submission, write_combined
 
-from .conftest import TINY_MODEL, assert_user_error, facenext
-from .test_competitions import current_layout, download, fake_outputs
-from .test_kaggle import run
+from .conftest import assert_user_error, current_layout, download, facenext, fake_outputs, make_run, run
 
 S26 = "11785-hw-2-p-2-face-verification-spring-2026"
 F26 = "hw-2-p-2-fall-2026-student-competition"
 # a classification file for the literal layout's three test images, class ids as labels.txt gives them
 CLASSIFICATION = "id,label\ntest_000000.jpg,4521\ntest_000001.jpg,17\ntest_000002.jpg,0\n"
 PAIRS = "ID,Label\n0,0.75\n1,-0.25\n"  # S26's file for the literal two test pairs
-
-
-def make_run(runs: Path, name: str, data: Path, term: str, parameters: int | None) -> Path:
-    """A run folder as training leaves it (config, classes; summary.json unless ``parameters`` is None: a run
-    stopped before its summary), with a tiny model in its config."""
-    folder = RunDir(runs / name)
-    model = dict(item.removeprefix("model.").split("=") for item in TINY_MODEL)
-    model["dims"], model["depths"] = json.loads(model["dims"]), json.loads(model["depths"])
-    folder.write_config(config_from_dict({"data": {"root": str(data), "term": term}, "model": model}))
-    folder.write_classes(list_classes(find_layout(data, term).train))
-    if parameters is not None:
-        folder.write_summary({"parameters": parameters, "best_dev_acc": 0.5})
-    return folder.path
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,22 +23,21 @@ from facenext.errors import UserError
 from facenext.run import RunDir
 from facenext.submission import classification_ids, write_combined
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
-from .test_competitions import current_layout, fake_outputs, fake_run
+from .conftest import (
+    ROOT,
+    STEMS_SAMPLE,
+    TINY_MODEL,
+    TINY_TRAIN,
+    assert_user_error,
+    facenext,
+    fake_outputs,
+    fake_run,
+    unzipped,
+)
 
 F26_SLUG = "hw-2-p-2-fall-2026-student-competition"
 F26_LATE = "hw-2-p-2-fall-2026-slack-competition"
 S26_SLUG = "11785-hw-2-p-2-face-verification-spring-2026"
-# S26 shipped cls_data/test/labels.txt ("<image_file> <class_id>"), F26 none.
-S26_TEST_LABELS = "test_000000.jpg 4521\ntest_000001.jpg 17\ntest_000002.jpg 0\n"
-
-
-def unzipped(parent: Path, term: str, test_split: bool = True) -> Path:
-    """``parent/hw2p2_data/`` as the term's zip unpacks, without any marker; optionally without a test split."""
-    folder = current_layout(parent / "hw2p2_data", test_labels=S26_TEST_LABELS if term == "s26" else None)
-    if not test_split:
-        shutil.rmtree(folder / "cls_data" / "test")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +120,6 @@ def test_a_download_its_slug_or_marker_names_as_another_term_is_not_taken_as_the
 # Plausible F26 samples (the spec did not find the real columns), for the literal layout's 3 test images
 # (test_000000.jpg ...) and 2 test pairs ("q6HIqRrx.jpg wxMgJZO4.jpg", "Zk3mQ0aB.jpg q6HIqRrx.jpg").
 ROWS_SAMPLE = "ID,Label\ntest_000000.jpg,0\ntest_000001.jpg,0\ntest_000002.jpg,0\n0,0\n1,0\n"  # = cls+ver-rows
-STEMS_SAMPLE = "id,label\ntest_000000,0\ntest_000001,0\ntest_000002,0\n1,0.0\n2,0.0\n"  # stems; pairs 1..N
 NAMED_PAIRS_SAMPLE = (  # pairs named by their images, in another order than test_pairs.txt
     "ID,Label\nZk3mQ0aB.jpg q6HIqRrx.jpg,0\nq6HIqRrx.jpg wxMgJZO4.jpg,0\ntest_000000.jpg,0\ntest_000001.jpg,0\n"
     "test_000002.jpg,0\n"

@@ -20,7 +20,7 @@ from facenext.verification.metrics import accuracy_curve, kfold_accuracy, pair_m
 from facenext.verification.pairs import read_pairs
 from facenext.verification.similarity import score_pairs
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext
+from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext, noisy_clusters
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -266,15 +266,6 @@ def test_s22_pairs_from_csv_files_are_scored_into_id_match(tmp_path):
     submission = pd.read_csv(tmp_path / "verify" / "verification_submission.csv")
     assert list(submission.columns) == ["id", "match"]
     assert len(submission) == len(pd.read_csv(find_layout(data).test_pairs))
-
-
-def noisy_clusters(people: int, images: int, noise: float, seed: int = 0):
-    """Normalised embeddings: ``images`` noisy views of each of ``people`` random directions, and their owners."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(people, 32))
-    owners = np.repeat(np.arange(people), images)
-    feats = centres[owners] + noise * rng.normal(size=(len(owners), 32))
-    return (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32), owners
 
 
 def nearest_neighbour_accuracy(feats, owners):

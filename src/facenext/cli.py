@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from collections.abc import Sequence
 
+from .config import MERGES, TTA_HELP
+from .console import log_to_console
 from .errors import UserError
-
-# The test-time augmentation specs that facenext.inference.parse_tta reads (predict.tta and verify.tta).
-TTA_SPECS = (
-    "none, flip, five@S / ten@S (crops of S x the image), scales@S1,S2,... or a combination with +, e.g. flip+five@0.9"
-)
+from .io import DISK_FULL
+from .run import WEIGHTS
 
 
 def _sample_data(args: argparse.Namespace) -> None:
@@ -229,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("dev", "test"), default="test")
     p.add_argument(
         "--tta",
-        help=f"{TTA_SPECS} (default: the run's predict.tta)",
+        help=f"{TTA_HELP} (default: the run's predict.tta)",
     )
-    p.add_argument("--merge", choices=("prob", "logit", "geo"), default="prob", help="how views merge (default prob)")
-    p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
+    p.add_argument("--merge", choices=MERGES, default="prob", help="how views merge (default prob)")
+    p.add_argument("--weights", choices=WEIGHTS, default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.add_argument("--fill", action="store_true", help="unreadable test images get the most common prediction")
@@ -276,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="verification: dev metrics and the test submission")
     p.add_argument("run", help="run folder")
-    p.add_argument("--tta", help=f"{TTA_SPECS} (default: the run's verify.tta)")
-    p.add_argument("--weights", choices=("best", "last", "ema", "averaged"), default="best")
+    p.add_argument("--tta", help=f"{TTA_HELP} (default: the run's verify.tta)")
+    p.add_argument("--weights", choices=WEIGHTS, default="best")
     p.add_argument("--out", help="output folder (default submissions/<run name>)")
     p.add_argument("--data", help="data root (default: the run's data.root)")
     p.add_argument("--no-cache", action="store_true", help="embed every image again (ignore OUT/embeddings_*.npz)")
@@ -370,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    log_to_console()  # the library logs; the terminal shows its lines as plain text (once, however often main runs)
     parser = build_parser()
     # Overrides may come before or after options (`train CONFIG --out X a=b`): collect the ones argparse left over.
     args, extra = parser.parse_known_args(argv)
@@ -386,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("facenext: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if e.errno not in DISK_FULL:
             raise
         print(
             f"facenext: error: disk full ({e.strerror}{f': {e.filename}' if e.filename else ''}): "

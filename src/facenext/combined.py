@@ -9,6 +9,7 @@ more training, ``predict`` with other ``--weights``) are refused, naming the com
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from .io import write_json, write_npz
 from .limits import runs_record
 from .run import RunDir
 from .submission import classification_ids, submission_record, write_combined
+
+logger = logging.getLogger(__name__)
 
 PAIR_SCORES = "pair_scores.npz"
 WEIGHTS_KEY = "weights"  # in test_logits.npz and pair_scores.npz: the weights_id of the model behind them
@@ -126,20 +129,22 @@ def write_run_submission(
     logits_path, scores = out / "test_logits.npz", load_pair_scores(out)
     if not logits_path.is_file() or scores is None or "test_scores" not in scores:
         missing = "`facenext verify RUN`" if logits_path.is_file() else "`facenext predict RUN`"
-        print(f"the combined submission needs both parts: run {missing} to write it")
+        logger.info(f"the combined submission needs both parts: run {missing} to write it")
         return None
     with np.load(logits_path, allow_pickle=False) as data:
         logits_part = {k: data[k] for k in data.files}
     ids, logits = logits_part["ids"].tolist(), logits_part["logits"]
     expected, _ = classification_ids(layout)
     if ids != expected:  # logits from another data folder: the labels would land on other images
-        print(f"{logits_path} is not for the test images under {layout.root}: run `facenext predict RUN` again")
+        logger.info(f"{logits_path} is not for the test images under {layout.root}: run `facenext predict RUN` again")
         return None
     check_same_weights(out, run, logits_part, scores, fresh)
     path = out / "submission.csv"
     chosen = write_combined(path, layout, logits.argmax(1), scores["test_scores"], fmt, num_classes, fmt_source)
     write_json(path.with_suffix(".json"), {**runs_record([run]), "format": chosen.name, "term": layout.term.key})
-    print(f"wrote {path} ({len(ids)} test images + {len(scores['test_scores'])} test pairs, format {chosen.name})")
+    logger.info(
+        f"wrote {path} ({len(ids)} test images + {len(scores['test_scores'])} test pairs, format {chosen.name})"
+    )
     return path
 
 

@@ -115,6 +115,14 @@ class TrainConfig:
         budget_seconds(self.budget)
 
 
+# The test-time augmentation specs facenext.inference.parse_tta reads (predict.tta, verify.tta, --tta) and the ways
+# its views merge: here, free of torch, so that the CLI's help names them without importing it.
+TTA_HELP = (
+    "none, flip, five@S / ten@S (crops of S x the image), scales@S1,S2,... or a combination with +, e.g. flip+five@0.9"
+)
+MERGES = ("prob", "logit", "geo")
+
+
 @dataclass
 class PredictConfig:
     tta: str = "flip"  # a TTA spec: none, flip, five@0.9, ten@0.9, scales@..., or a combination with +

@@ -7,6 +7,7 @@ another), checked as ``check-submission`` checks it.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from .errors import UserError
 from .io import write_bytes, write_json
 from .predict import predict
 from .verification import verify
+
+logger = logging.getLogger(__name__)
 
 
 def _sample_exists(root: Path, term: str = "auto") -> bool:
@@ -56,7 +59,7 @@ def run_demo(
     start = time.perf_counter()
     data_root, out = Path(data), Path(submissions)
     if not _sample_exists(data_root):
-        print(f"writing the sample competition to {data_root}")
+        logger.info(f"writing the sample competition to {data_root}")
         write_sample_competition(data_root)
     config = load_config(config_path, [f"data.root={data}", *(overrides or [])])
     trained = train(config, run_dir)
@@ -79,7 +82,7 @@ def run_demo(
         "verification_submission": str(ver_submission),
     }
     write_json(out / "demo_summary.json", summary)
-    print(
+    logger.info(
         "\ndemo summary: "
         f"classification dev accuracy {summary['dev_accuracy']:.3f} (test {summary['test_accuracy']:.3f}), "
         f"verification dev accuracy {summary['verification_dev_accuracy']:.3f} "
@@ -126,7 +129,7 @@ def run_pairs_demo(
     if Path(run_dir) == Path("runs/demo"):
         run_dir = f"runs/demo_{term}"
     if not _sample_exists(data_root, term):
-        print(f"writing the {term.upper()} sample competition to {data_root}")
+        logger.info(f"writing the {term.upper()} sample competition to {data_root}")
         write_sample_competition(data_root, term)
     layout = find_layout(data_root, term)
     combined = layout.family.name == "combined"
@@ -163,7 +166,7 @@ def run_pairs_demo(
         for k in ("test_accuracy", "test_eer", "test_score")
         if k in summary
     )
-    print(
+    logger.info(
         f"\ndemo summary ({term.upper()}): dev accuracy {summary['dev_accuracy']:.3f}, "
         f"dev EER {summary['dev_eer']:.3f}, dev score {summary['dev_score']:.3f}"
         + (f"; test {tests}" if tests else "")

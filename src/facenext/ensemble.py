@@ -11,6 +11,7 @@ threshold tuned again on dev) or pairs (S22, F24 to S26).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from .verification.identity import (
 from .verification.metrics import roc
 from .verification.pairs import write_pair_submission
 from .verification.similarity import PLAIN
+
+logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("equal", "fit")
 
@@ -323,7 +326,7 @@ def ensemble(
     if fit_limit:
         keep, report = fit_to_limit(names, params, layout.term.param_limit, family, dev_probs, labels, pairs, folds)
         left_out = [n for i, n in enumerate(names) if i not in keep]
-        print(
+        logger.info(
             f"--fit-limit: kept {', '.join(names[i] for i in keep)} ({sum(params[i] for i in keep) / 1e6:.2f} M of "
             f"{layout.term.param_limit / 1e6:g} M), cross-validated dev score {report['cv_dev_score']:.4f}; "
             f"left out: {', '.join(left_out) or 'nothing'}"
@@ -351,11 +354,13 @@ def ensemble(
             summary["dev_acc_fit"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
             summary["dev_loss_fit"] = log_loss(_mix(dev_probs, w), labels)
             summary["cv"] = cv = cross_validate(dev_probs, labels, folds)
-            print(
+            logger.info(
                 f"{cv['folds']}-fold CV on dev: fitted weights acc {cv['fit_acc']:.4f} (log-loss {cv['fit_loss']:.4f}) "
                 f"vs equal {cv['equal_acc']:.4f} ({cv['equal_loss']:.4f}): gain {cv['acc_gain']:+.4f} accuracy"
             )
-        print(f"ensemble dev accuracy {summary[f'dev_acc_{weights}']:.4f} ({weights} weights, {len(labels)} images)")
+        logger.info(
+            f"ensemble dev accuracy {summary[f'dev_acc_{weights}']:.4f} ({weights} weights, {len(labels)} images)"
+        )
     elif weights == "fit":
         raise UserError("--weights fit needs the runs' dev logits: run `facenext predict RUN --split dev` first")
     summary["weights"] = {n: float(x) for n, x in zip(names, w, strict=True)}
@@ -365,14 +370,16 @@ def ensemble(
         if dev_probs is not None:
             summary["dev_acc"] = float((_mix(dev_probs, w).argmax(1) == labels).mean())
             summary["dev_score"] = family.dev_score(summary["dev_acc"], summary["dev_eer"], summary["dev_auc"])
-        print(f"ensemble dev EER {summary['dev_eer']:.4f}, dev score ({family.score_name}) {summary['dev_score']:.4f}")
+        logger.info(
+            f"ensemble dev EER {summary['dev_eer']:.4f}, dev score ({family.score_name}) {summary['dev_score']:.4f}"
+        )
     out = Path(out)
     fmt, source = format_setting(fmt, config.predict.submission_format, first.config_file)  # as predict and verify
     summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt, source)
     rows = len(pd.read_csv(out, dtype=str))
     summary.update(submission=str(out), rows=rows)
     write_json(out.with_suffix(".json"), summary)
-    print(f"wrote {out}: {rows} rows from {len(names)} run(s), weights " + ", ".join(f"{x:.3f}" for x in w))
+    logger.info(f"wrote {out}: {rows} rows from {len(names)} run(s), weights " + ", ".join(f"{x:.3f}" for x in w))
     return summary
 
 
@@ -438,12 +445,12 @@ def _ensemble_identities(folders: list[Path], names: list[str], layout: Layout, 
     first, summary = parts[0], {"scoring": parts[0].scoring}
     threshold = NO_THRESHOLD
     if first.dev is None:
-        print("no unknown_dev labels: no threshold tuned, every test image gets its best-matching identity")
+        logger.info("no unknown_dev labels: no threshold tuned, every test image gets its best-matching identity")
     else:
         no_match = layout.term.no_match
         summary["dev_accuracy_runs"] = [tuned_accuracy(p.dev, first.dev_truth, first.names, no_match) for p in parts]
         alone = ", ".join(f"{acc:.4f}" for acc in summary["dev_accuracy_runs"])
-        print(f"the runs alone: verification dev accuracy {alone} ({first.scoring})")
+        logger.info(f"the runs alone: verification dev accuracy {alone} ({first.scoring})")
         dev = np.mean([p.dev for p in parts], axis=0)
         found, threshold = evaluate_similarity(dev, first.dev_truth, first.names, layout, None)
         summary.update(found)
@@ -483,7 +490,7 @@ def ensemble_verification(
         pairs = _pair_part(folders, names)
         equal = np.full(len(names), 1 / len(names))
         summary.update(dev_score(layout.family, equal, None, None, pairs))
-        print(
+        logger.info(
             f"ensemble dev EER {summary['dev_eer']:.4f}, AUC {summary['dev_auc']:.4f}, dev score "
             f"({layout.family.score_name}) {summary['dev_score']:.4f} ({len(pairs['val_labels'])} pairs)"
         )

@@ -13,16 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import Config
+from .config import MERGES, TTA_HELP, Config
 from .data.datasets import DECODE_ERRORS, FaceImages, image_tensor, load_rgb
 from .data.transforms import BatchToModel, eval_transform
 from .device import amp_dtype, autocast, resolve_device
 from .errors import UserError
 from .models import fuse_batchnorm
 from .run import RunDir
-
-MERGES = ("prob", "logit", "geo")
-TTA_HELP = "none, flip, five@S, ten@S (crops of S x the image), scales@S1,S2,... or a combination (flip+five@0.9)"
 
 
 @dataclass(frozen=True)

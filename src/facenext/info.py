@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +12,8 @@ from .competitions import DEFAULT_TERM, TERMS, Term, get_term
 from .config import Config
 from .errors import UserError
 from .limits import limit_margin
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,5 +124,5 @@ def model_info(config: Config) -> ModelInfo:
 
 def print_info(config: Config) -> ModelInfo:
     info = model_info(config)
-    print("\n".join(info.lines()))
+    logger.info("\n".join(info.lines()))
     return info

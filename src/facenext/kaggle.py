@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from typing import Any
 from .errors import UserError
 from .io import write_json
 from .run import RunDir
+
+logger = logging.getLogger(__name__)
 
 # Where a Kaggle notebook mounts its inputs; FACENEXT_KAGGLE_ROOT stands in for it in tests only.
 KAGGLE_ROOT = Path(os.environ.get("FACENEXT_KAGGLE_ROOT") or "/kaggle")
@@ -48,7 +51,7 @@ def config_dir() -> Path:
 def _warn_if_readable(path: Path) -> None:
     """Other users could read the key: say how to fix it (the client's own warning goes to stdout)."""
     if os.name != "nt" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        print(f"facenext: warning: {path} is readable by other users: run `chmod 600 {path}`", file=sys.stderr)
+        logger.warning(f"facenext: warning: {path} is readable by other users: run `chmod 600 {path}`")
 
 
 def _read_kaggle_json(path: Path) -> bool:
@@ -204,12 +207,12 @@ def download(slug: str, out_dir: str | Path = "data", force: bool = False, kaggl
     _check_slug(slug)
     mounted = Path(kaggle_root) / "input" / slug
     if in_kaggle_notebook() and mounted.is_dir():
-        print(f"{slug}: using the notebook's input {mounted} (nothing downloaded)")
+        logger.info(f"{slug}: using the notebook's input {mounted} (nothing downloaded)")
         return mounted
     out_dir = Path(out_dir)
     target, partial = out_dir / slug, out_dir / f"{slug}.partial"
     if (target / COMPLETE).is_file() and not force:
-        print(f"{slug}: already downloaded in {target} (skipped; --force downloads it again)")
+        logger.info(f"{slug}: already downloaded in {target} (skipped; --force downloads it again)")
         return target
     api = authenticated_api()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +227,7 @@ def download(slug: str, out_dir: str | Path = "data", force: bool = False, kaggl
         shutil.rmtree(partial, ignore_errors=True)
         raise
     write_json(target / COMPLETE, {"slug": slug, "files": files, "zip_bytes": size}, indent=None)
-    print(f"{slug}: {files} files ({size / 1e6:.1f} MB zip) extracted to {target}")
+    logger.info(f"{slug}: {files} files ({size / 1e6:.1f} MB zip) extracted to {target}")
     return target
 
 
@@ -338,7 +341,7 @@ def print_submissions(competition: str, tag: str | None = None) -> list[dict[str
     tag = term_tag(term, tag)
     rows = list_submissions(competition)
     if not rows:
-        print(f"{competition}: no submissions yet")
+        logger.info(f"{competition}: no submissions yet")
         return rows
     graded = graded_submission(rows, term)
     for row in rows:
@@ -350,19 +353,20 @@ def print_submissions(competition: str, tag: str | None = None) -> list[dict[str
         scores = (leaderboard_value(r["public_score"], term), leaderboard_value(r["private_score"], term))
         run = [r["graded_run"] or "-"] if with_run else []
         table.append((*(["*" if i == graded else ""] if marked else []), r["date"], r["status"], *scores, *run))
-    print(f"{competition}: {score_caption(term)}" + ("; * marks the submission the course grades" if marked else ""))
+    logger.info(
+        f"{competition}: {score_caption(term)}" + ("; * marks the submission the course grades" if marked else "")
+    )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     descriptions = ["description", *(r["description"] for r in rows)]
     for row, description in zip(table, descriptions, strict=True):
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) + "  " + description)
+        logger.info("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) + "  " + description)
     if graded is not None and tag is not None and rows[graded]["graded_run"] is None:
         best = rows[graded]
         best_score = leaderboard_value(best["private_score"] or best["public_score"], term)
-        print(
+        logger.warning(
             f"facenext: warning: the submission the course grades ({best['date']}, score {best_score}) names no W&B "
             f"run in its description (it must be exactly {tag}|WB=ENTITY/PROJECT/RUN_ID): grading will fail; submit "
             f"its file again with `facenext submit FILE --competition {competition} --wandb ENTITY/PROJECT/RUN_ID`",
-            file=sys.stderr,
         )
     return rows
 
@@ -429,14 +433,14 @@ def submit(
         state = "OK"
         if parameters is not None:
             limit = f"{term.key.upper()} limit of {term.param_limit / 1e6:g} M"
-            print(f"{path}: its models have {parameters / 1e6:.2f} M parameters together, within the {limit}")
+            logger.info(f"{path}: its models have {parameters / 1e6:.2f} M parameters together, within the {limit}")
     default = default_message(path, runs_root) if message is None else ""
     message, warning = submission_description(message, tag, wandb_run, runs, term, default)
     summary["description"] = message
     if warning:
-        print(f"facenext: warning: {warning}", file=sys.stderr)
+        logger.warning(f"facenext: warning: {warning}")
     if dry_run:
-        print(
+        logger.info(
             f"{path}: {len(frame)} rows {state}; dry run, nothing uploaded to {competition} (description {message!r})"
         )
         return {**summary, "uploaded": False}
@@ -446,21 +450,23 @@ def submit(
     if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"uploading {path} to {competition} failed: check the connection and retry")
     unchecked = " unchecked (--no-check)" if no_check else ""
-    print(f"{path}: {len(frame)} rows submitted{unchecked} to {competition} as {message!r}: {response.message}")
+    logger.info(f"{path}: {len(frame)} rows submitted{unchecked} to {competition} as {message!r}: {response.message}")
     summary = {**summary, "uploaded": True, "message": response.message, "ref": response.ref}
     if wait <= 0:
-        print(f"not waiting for the score: `facenext submissions {competition}` shows it once Kaggle has scored it")
+        logger.info(
+            f"not waiting for the score: `facenext submissions {competition}` shows it once Kaggle has scored it"
+        )
         return summary
     row = follow_submission(api, competition, response.ref, wait, poll_interval)
     status = row["status"] if row else "pending"
     summary.update(status=status, public_score=row and row["public_score"], private_score=row and row["private_score"])
     if status == "complete":
-        print(f"{competition}: scored, public score {leaderboard_value(row['public_score'], term)}")
+        logger.info(f"{competition}: scored, public score {leaderboard_value(row['public_score'], term)}")
     elif status == "error":
         detail = row.get("error") or "no detail given"
         raise UserError(f"Kaggle could not score {path} on {competition}: {detail}; fix the file and submit again")
     else:
-        print(
+        logger.info(
             f"{competition}: still {status} after {wait:g} s: run `facenext submissions {competition}` later to see "
             "the score"
         )

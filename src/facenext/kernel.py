@@ -29,6 +29,7 @@ names the run; without it the notebook says that grading needs a W&B run and how
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,8 @@ from typing import Any
 
 from .errors import UserError
 from .kaggle import _mapped_errors, _quiet_client, authenticated_api, config_dir
+
+logger = logging.getLogger(__name__)
 
 TOOLKIT = "facenext-toolkit"  # the dataset's slug, and its folder under /kaggle/input
 CODE_FILE = "notebook.py"
@@ -202,10 +205,14 @@ def build_bundle(
     summary["competitions"] = slugs
     summary["budget"] = loaded.train.budget or KAGGLE_BUDGET
     summary["wandb"] = wandb
-    print(f"wrote {notebook} (kernel {metadata['id']}, competitions {', '.join(slugs)}) and {toolkit} ({wheel.name})")
-    print(f"training is planned to end inside train.budget={summary['budget']} (pass train.budget=... to change it)")
+    logger.info(
+        f"wrote {notebook} (kernel {metadata['id']}, competitions {', '.join(slugs)}) and {toolkit} ({wheel.name})"
+    )
+    logger.info(
+        f"training is planned to end inside train.budget={summary['budget']} (pass train.budget=... to change it)"
+    )
     if wandb:
-        print(
+        logger.info(
             f"W&B: the notebook's internet is on; save your W&B API key as the Kaggle secret {WANDB_SECRET} and attach "
             "it to the notebook (Add-ons -> Secrets) before it runs"
         )
@@ -236,7 +243,7 @@ def push(bundle: dict[str, Any], api: Any = None) -> dict[str, Any]:
             raise UserError(f"Kaggle refused the toolkit dataset {ref}: {e}") from None
     if getattr(response, "error", None):
         raise UserError(f"Kaggle refused the toolkit dataset {ref}: {response.error}")
-    print(f"dataset {ref}: {'new version' if exists else 'created'}")
+    logger.info(f"dataset {ref}: {'new version' if exists else 'created'}")
     kernel = bundle["kernel"]
     with _quiet_client(), _mapped_errors(kernel, "push", "notebook"):
         try:
@@ -245,8 +252,8 @@ def push(bundle: dict[str, Any], api: Any = None) -> dict[str, Any]:
             raise UserError(f"Kaggle refused the notebook {kernel}: {e}") from None
     if saved.error:
         raise UserError(f"Kaggle refused the notebook {kernel}: {saved.error}")
-    print(f"notebook {kernel} pushed (version {saved.version_number}): {saved.url}")
-    print(f"follow it with `facenext kernel-status {kernel}`, then `facenext kernel-output {kernel}`")
+    logger.info(f"notebook {kernel} pushed (version {saved.version_number}): {saved.url}")
+    logger.info(f"follow it with `facenext kernel-status {kernel}`, then `facenext kernel-output {kernel}`")
     return {"ref": saved.ref, "url": saved.url, "version": saved.version_number}
 
 
@@ -270,7 +277,7 @@ def kernel_status(kernel: str) -> dict[str, Any]:
         line += f" ({response.failure_message})"
     if status == "complete":
         line += f"; fetch the outputs with `facenext kernel-output {kernel}`"
-    print(line)
+    logger.info(line)
     return {"kernel": kernel, "status": status, "failure_message": response.failure_message or None}
 
 
@@ -285,7 +292,7 @@ def kernel_output(kernel: str, out: str | Path | None = None) -> list[Path]:
         except ValueError as e:
             raise UserError(f"Kaggle refused {kernel}: {str(e)[:200]}") from None
     paths = [Path(f) for f in files]
-    print(f"{kernel}: {len(paths)} file(s) in {out}: {', '.join(p.name for p in paths) or 'none'}")
+    logger.info(f"{kernel}: {len(paths)} file(s) in {out}: {', '.join(p.name for p in paths) or 'none'}")
     return paths
 
 

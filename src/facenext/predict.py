@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from .inference import infer, load_run
 from .io import atomic_write, write_json
 from .limits import runs_record
 from .submission import classification_ids, scored_kinds, write_submission
+
+logger = logging.getLogger(__name__)
 
 
 def save_logits(
@@ -121,7 +124,7 @@ def predict(
     if result.failed:
         logits = fill_failed(logits, result.failed)
         summary["filled"] = [ids[i] for i in result.failed]
-        print(
+        logger.warning(
             f"warning: {len(result.failed)} unreadable image(s) got the most common prediction: {ids[result.failed[0]]}"
         )
     save_logits(
@@ -141,7 +144,7 @@ def predict(
             for name, view in zip(result.view_names, result.view_predictions, strict=True)
         }
         views = ", ".join(f"{k} {v:.4f}" for k, v in summary["view_acc"].items())
-        print(
+        logger.info(
             f"{run.name}: dev accuracy {summary['dev_acc']:.4f} ({len(truth)} images, tta {tta}, {merge}); "
             f"per view: {views}"
         )
@@ -151,7 +154,7 @@ def predict(
         if combined is not None:
             summary["submission"] = str(combined)
     elif "classification" not in scored_kinds(layout):  # S25, F25, S26: a class file would not be scored
-        print(
+        logger.info(
             f"{run.name}: saved the test logits; the {layout.term.key.upper()} competition ranks only the test pairs' "
             "scores: `facenext verify RUN` writes its submission"
         )
@@ -166,7 +169,7 @@ def predict(
         )
         write_json(submission.with_suffix(".json"), {**runs_record([run.path]), "term": layout.term.key})
         summary["submission"] = str(submission)
-        print(f"{run.name}: wrote {submission} ({len(ids)} rows, tta {tta}, {merge})")
+        logger.info(f"{run.name}: wrote {submission} ({len(ids)} rows, tta {tta}, {merge})")
     summary["images"] = len(paths)
     write_json(out / f"predict_{split}.json", summary)
     return summary

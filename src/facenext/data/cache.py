@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ import numpy as np
 
 from ..io import atomic_write, write_json
 from .datasets import DECODE_ERRORS, FaceImages, load_rgb
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 DEFAULT_DIR = "~/.cache/facenext"
@@ -94,7 +96,7 @@ def build_cache(
         if {k: stored.get(k) for k in index} == index:
             return DecodedCache(array_path, stored.get("bad", []))
 
-    print(f"facenext: decoding {len(paths)} images into the cache {array_path} ({size} px)", file=sys.stderr)
+    logger.info(f"facenext: decoding {len(paths)} images into the cache {array_path} ({size} px)")
     bad: list[int] = []
 
     def write_array(tmp: Path) -> None:
@@ -105,7 +107,7 @@ def build_cache(
                 array[i] = decode_fixed(paths[i], size)
             except DECODE_ERRORS as e:
                 bad.append(i)
-                print(f"facenext: warning: unreadable image {paths[i]} ({e})", file=sys.stderr)
+                logger.warning(f"facenext: warning: unreadable image {paths[i]} ({e})")
 
         # PIL decoding and OpenCV resizing release the GIL: threads use every core without copying the array.
         with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:

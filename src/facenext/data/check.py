@@ -6,6 +6,7 @@ being skipped during it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from .layout import (
     read_labels,
     read_pairs,
 )
+
+logger = logging.getLogger(__name__)
 
 SHOW = 5  # names shown per problem
 SIZE_SAMPLE = 8  # images per split whose size is read
@@ -188,18 +191,20 @@ def _check_pairs(report: Report) -> None:
 
 def print_report(report: Report) -> None:
     layout = report.layout
-    print(f"term {layout.term.key} ({layout.term.title}) under {layout.root}")
+    logger.info(f"term {layout.term.key} ({layout.term.title}) under {layout.root}")
     for split in report.splits:
         who = f"{split.identities} identities, " if split.identities is not None else ""
         sizes = ", ".join(f"{k} x{v}" for k, v in split.sizes.most_common())
-        print(f"  {split.name:<12} {who}{len(split.images)} images  sizes (sampled): {sizes or '-'}  [{split.folder}]")
+        logger.info(
+            f"  {split.name:<12} {who}{len(split.images)} images  sizes (sampled): {sizes or '-'}  [{split.folder}]"
+        )
     for note in report.notes:
-        print(f"  {note}")
+        logger.info(f"  {note}")
     for what, names in report.problems:
         more = f", ... ({len(names) - SHOW} more)" if len(names) > SHOW else ""
-        print(f"  problem: {what}: {', '.join(names[:SHOW])}{more}")
+        logger.info(f"  problem: {what}: {', '.join(names[:SHOW])}{more}")
     if not report.problems:
-        print("  no problems found")
+        logger.info("  no problems found")
 
 
 def check_command(root: str | Path, term: str = "auto") -> Report:

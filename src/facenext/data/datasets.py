@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserError
 from .layout import LABELS_FILE, list_classes, list_images, read_labels
+
+logger = logging.getLogger(__name__)
 
 # What a broken file raises while decoding: PIL's UnidentifiedImageError and "truncated" errors are OSErrors;
 # corrupt headers raise SyntaxError or ValueError in some plug-ins.
@@ -155,7 +157,7 @@ class FaceImages(Dataset):
             except DECODE_ERRORS as e:
                 error = e
         self.bad.add(path)
-        print(f"facenext: warning: skipping unreadable image {path} ({error})", file=sys.stderr, flush=True)
+        logger.warning(f"facenext: warning: skipping unreadable image {path} ({error})")
         return None
 
 

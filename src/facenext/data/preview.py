@@ -6,6 +6,7 @@ size) and, to its right, the same image through the config's training augmentati
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from ..io import atomic_write
 from .datasets import FaceImages, image_folder, load_rgb
 from .layout import find_layout, list_classes
 from .transforms import eval_transform, train_transform
+
+logger = logging.getLogger(__name__)
 
 PAIRS_PER_ROW = 4
 
@@ -55,5 +58,5 @@ def write_preview(config: Config, out: str | Path, n: int = 16) -> Path:
         raise UserError(f"--out {out}: unknown image type {out.suffix!r}, use .png or .jpg")
     grid = preview_grid(config, n)
     atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format=image_format))
-    print(f"wrote {out}: {grid.shape[1]}x{grid.shape[0]} px, each original on the left of its augmented version")
+    logger.info(f"wrote {out}: {grid.shape[1]}x{grid.shape[0]} px, each original on the left of its augmented version")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import UserError
 from ..run import RunDir
+
+logger = logging.getLogger(__name__)
 
 
 def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
@@ -33,5 +36,5 @@ def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[s
         {"model": averaged, "epochs": epochs, "config": states[0]["config"], "classes": states[0]["classes"]},
     )
     summary = {"run": str(run.path), "epochs": epochs, "dev_accs": [s["dev_acc"] for s in states]}
-    print(f"wrote {out}: mean of epochs {', '.join(map(str, epochs))}")
+    logger.info(f"wrote {out}: mean of epochs {', '.join(map(str, epochs))}")
     return summary

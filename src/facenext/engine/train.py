@@ -7,6 +7,7 @@ optimizer, scaler, position in the epoch and the random number generators.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -57,6 +58,8 @@ from .distributed import (
 )
 from .meters import StepMeter, sum_dtype
 from .skips import LossScaler, RunningStats, poisoned, update_ema
+
+logger = logging.getLogger(__name__)
 
 # The first eight columns are the documented contract; later ones are additions.
 METRIC_COLUMNS = [
@@ -411,7 +414,7 @@ class Trainer:
         self.model = model_from_config(config, num_classes).to(self.device)
         note = describe(config, num_classes, embedding_size(config))
         if note and self.ctx.is_main:
-            print(note, flush=True)
+            logger.info(note)
         if self.ctx.rank:
             # Every process builds the same initial model (DDP checks it), then draws its own drop-path masks and
             # mixes its own batches, as timm seeds with seed + rank.
@@ -424,7 +427,7 @@ class Trainer:
         d = config.data
         self.to_model = batch_to_model(self.data.train, d.mean, d.std, self.device, self.channels_last)
         if self.data.augment_note and self.ctx.is_main:
-            print(self.data.augment_note, flush=True)
+            logger.info(self.data.augment_note)
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.dtype = amp_dtype(self.device, t.amp)
         self.scaler = grad_scaler(self.device, self.dtype)
@@ -520,11 +523,11 @@ class Trainer:
             raise UserError(f"{path} shares no weights with model {self.config.model.name}: check train.init_from")
         self.model.load_state_dict(compatible, strict=False)
         if self.ctx.is_main:
-            print(f"initialised {len(compatible)} of {len(own)} tensors from {path}")
+            logger.info(f"initialised {len(compatible)} of {len(own)} tensors from {path}")
             if "head.fc.weight" in compatible and self.config.model.classifier == "cosine":
-                print("the cosine classifier's class centres start from that run's classifier rows")
+                logger.info("the cosine classifier's class centres start from that run's classifier rows")
             elif not same_classes:
-                print("the classifier starts afresh: that run was trained on other identities")
+                logger.info("the classifier starts afresh: that run was trained on other identities")
 
     # --- run folder -------------------------------------------------------------------------------------------
     def state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -569,7 +572,7 @@ class Trainer:
                 states.append(load_checkpoint(path, "cpu", mmap=peek))
             except UserError as e:
                 if not peek:
-                    print(f"warning: skipping {path}: {e}", file=sys.stderr)
+                    logger.warning(f"warning: skipping {path}: {e}")
         return max(states, key=lambda s: (s["epoch"], s["batch"]), default=None)
 
     def resume(self) -> bool:
@@ -618,7 +621,7 @@ class Trainer:
         self._restore_rng(state["rng"])
         changes = environment_changes(state.get("environment"), self.environment) + [str(c) for c in settings]
         if changes and self.ctx.is_main:
-            print(f"resuming with changes since the checkpoint: {', '.join(changes)}", flush=True)
+            logger.info(f"resuming with changes since the checkpoint: {', '.join(changes)}")
         return True
 
     def _restore_plan(self, state: dict[str, Any]) -> None:
@@ -652,7 +655,7 @@ class Trainer:
             planned = all_sum([float(self.budget.planned if self.ctx.is_main else 0)], self.ctx, self.device)[0]
             self.budget.planned = round(planned)
         if change is not None and self.ctx.is_main:
-            print(self.budget.describe(change, train_s), flush=True)
+            logger.info(self.budget.describe(change, train_s))
         self._schedule_for(self.budget.planned)
 
     def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -782,7 +785,7 @@ class Trainer:
         bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc_avg:.3f}", lr=f"{lr:.1e}", ips=f"{rate:.0f}")
         if log_line and self.ctx.is_main and t.log_every:
             # Notebook and CI logs get a plain line now and then instead of a progress bar.
-            print(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s", flush=True)
+            logger.info(f"  step {self.step}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  {rate:.0f} img/s")
 
     def _bad_steps_problem(self, worst_run: int) -> str | None:
         """Why the run must stop, read before anything is saved: ``train.max_bad_steps`` non-finite losses in a row,
@@ -913,11 +916,10 @@ class Trainer:
             )
         if "dev_eer" in row:
             skipped += f"  dev EER {row['dev_eer']:.4f} score {row['dev_score']:.4f}"
-        print(
+        logger.info(
             f"epoch {row['epoch']:>3}/{self.budget.planned}  train loss {row['train_loss']:.3f} "
             f"acc {row['train_acc']:.3f}  dev loss {row['dev_loss']:.3f} acc {row['dev_acc']:.3f}{ema}  "
             f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_s']:.1f}s{skipped}",
-            flush=True,
         )
 
     def fit(self) -> dict[str, Any]:
@@ -929,7 +931,7 @@ class Trainer:
         barrier(self.ctx)
         resumed = self.resume()
         t = self.config.train
-        logger = ExperimentLogger(t.log_to, self.run_dir, self.config.to_dict()) if main else None
+        tracker = ExperimentLogger(t.log_to, self.run_dir, self.config.to_dict()) if main else None
         if main:
             self.run.write_config(self.config)
             self.run.write_classes(self.data.classes)
@@ -939,7 +941,7 @@ class Trainer:
                 where = f"the end of {where}"
             elif self.batch_in_epoch:
                 where += f", batch {self.batch_in_epoch + 1}"
-            print(
+            logger.info(
                 f"{'resuming' if resumed else 'training'} {self.config.model.name} "
                 f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.environment['device']}"
                 f"{f' x{self.ctx.world}' if self.ctx.enabled else ''} in {self._precision_text()}: "
@@ -958,16 +960,16 @@ class Trainer:
                     row = self.end_epoch()
                     if main:
                         self._print_epoch(row)
-                        logger.log(row)
+                        tracker.log(row)
         summary = self.summary(stopped)
         if main:
             if stopped:
                 where = f"epoch {self.epoch + 1}, step {self.step}"
-                print(f"stopped ({stopped}) at {where}: re-run the same command to resume", flush=True)
+                logger.info(f"stopped ({stopped}) at {where}: re-run the same command to resume")
             elif self.history and t.plot:
                 plot_curves(self.history, self.run_dir / "curves.png")
             self.run.write_summary(summary)
-            logger.close()
+            tracker.close()
         return summary
 
     def _budget_note(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from .embeddings import EmbeddingCache, open_run, weights_fingerprint
 from .identity import verify_identities
 from .pairs import verify_pairs
 from .similarity import Scoring
+
+logger = logging.getLogger(__name__)
 
 
 def verify(
@@ -40,7 +43,7 @@ def verify(
     layout = find_layout(data_root or facts.data_root, facts.term)
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
     scoring = Scoring(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
-    print(f"scoring: {scoring.describe()}")
+    logger.info(f"scoring: {scoring.describe()}")
     if layout.term.verification == "identity":
         result = verify_identities(embeddings, layout, out, scoring)
     else:  # the pair scores record the weights: F26's file takes them only beside logits of the same weights

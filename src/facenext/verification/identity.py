@@ -4,6 +4,7 @@ no-match label (``n000000``) below a threshold tuned on ``unknown_dev`` (terms w
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from .embeddings import EmbeddingCache
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
 from .plots import plot_threshold_curve, write_score_figures
 from .similarity import Scoring
+
+logger = logging.getLogger(__name__)
 
 NO_THRESHOLD = -1.0  # the lowest cosine similarity: accept every match
 
@@ -148,7 +151,7 @@ def evaluate_similarity(
         plot_threshold_curve(curve_png, thresholds, accuracy, threshold)
         summary.update(threshold_curve_csv=str(curve_csv), threshold_curve_png=str(curve_png))
         summary.update(write_score_figures(figures, genuine, impostor, layout.term.key))
-    print(
+    logger.info(
         f"verification dev accuracy {dev_accuracy:.4f} at threshold {threshold:.3f} "
         f"({summary['dev_accuracy_no_threshold']:.4f} without threshold, {len(truth)} images)"
     )
@@ -172,7 +175,7 @@ def write_identity_submission(
     no_match = layout.term.no_match
     labels = np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
     write_submission(path, {"id": ids, "label": labels}, layout=layout, kind="verification")
-    print(f"wrote {path} ({len(ids)} rows)")
+    logger.info(f"wrote {path} ({len(ids)} rows)")
     return {"submission": str(path)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from .embeddings import EmbeddingCache
 from .metrics import pair_metrics
 from .plots import write_score_figures
 from .similarity import Scoring
+
+logger = logging.getLogger(__name__)
 
 
 def pair_images(layout: Layout, pairs: pd.DataFrame) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -49,7 +52,7 @@ def evaluate_pairs(
     summary.update(dev_pairs=len(val))
     summary.update(write_score_figures(out, scores[labels == 1], scores[labels == 0], layout.term.key))
     folds = f" 10-fold accuracy {metrics['10fold_accuracy']:.4f}" if "10fold_accuracy" in metrics else ""
-    print(
+    logger.info(
         f"verification dev EER {metrics['eer']:.4f} (threshold {metrics['eer_threshold']:.3f}), "
         f"AUC {metrics['auc']:.4f}, TAR@FAR1e-3 {metrics['tar_at_far_0.001']:.4f}, "
         f"best accuracy {metrics['best_accuracy']:.4f}{folds} ({len(val)} pairs)"
@@ -61,7 +64,7 @@ def write_pair_submission(path: Path, layout: Layout, scores: np.ndarray) -> dic
     """The test submission at ``path``: one score per test pair, ids ``0..pairs-1``, under the term's header."""
     id_col, score_col = layout.term.pair_header
     write_submission(path, {id_col: range(len(scores)), score_col: scores}, layout=layout, kind="verification")
-    print(f"wrote {path} ({len(scores)} rows)")
+    logger.info(f"wrote {path} ({len(scores)} rows)")
     return {"submission": str(path)}
 
 
