@@ -3,15 +3,18 @@ one) comes from a YAML file and runs every stage through the CLI, without a new 
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 
 from facenext.competitions import TERMS, Term, get_term
-from facenext.competitions.terms import TERMS_ENV
+from facenext.competitions.terms import TERMS_ENV, restored_terms
+from facenext.config import load_config
+from facenext.kernel import _competitions, notebook_script
 
-from .conftest import assert_user_error, facenext, train_args
+from .conftest import CONFIG, assert_user_error, facenext, train_args
 
 S27_SLUG = "11785-hw-2-p-2-face-verification-spring-2027"
 # The next term of a known family, as a student would write it: like S26, with its own slug, folder and limit.
@@ -161,3 +164,16 @@ def test_a_missing_terms_file_is_named(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(f"data: {{terms_file: {tmp_path / 'none.yaml'}}}\n")
     assert_user_error(facenext("info", config), "none.yaml", "data.terms_file")
+
+
+def test_a_kaggle_notebook_carries_the_terms_file(tmp_path):
+    terms = write_terms(tmp_path)
+    with restored_terms():  # load_config adds the file's terms to this process: not beyond this test
+        config = load_config(CONFIG, ["data.term=s27", f"data.terms_file={terms}"])
+        assert _competitions(config, None) == [S27_SLUG]  # the notebook attaches the new term's competition
+    code = notebook_script(CONFIG, [], [S27_SLUG], "run", terms_text=S27)
+    compile(code, "notebook.py", "exec")
+    line = next(line for line in code.splitlines() if line.startswith("TERMS = "))
+    assert ast.literal_eval(line.split(" = ", 1)[1].split("  #")[0]) == S27  # written to the notebook's terms.yaml
+    assert "OVERRIDES = [*OVERRIDES, f\"data.terms_file={WORKING / 'terms.yaml'}\"]" in code
+    assert "TERMS = None" in notebook_script(CONFIG, [], [S27_SLUG], "run")
