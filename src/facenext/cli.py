@@ -7,7 +7,7 @@ import errno
 import sys
 from collections.abc import Sequence
 
-from .competitions.terms import TERMS, TERMS_ENV, add_terms_file, add_terms_from_env, restored_terms
+from .competitions.terms import TERMS, TERMS_ENV, add_terms_file, add_terms_from_env, describe_terms, restored_terms
 from .errors import UserError
 
 # The test-time augmentation specs that facenext.inference.parse_tta reads (predict.tta and verify.tta).
@@ -111,8 +111,6 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _terms(args: argparse.Namespace) -> None:
-    from .competitions.terms import describe_terms
-
     print("\n".join(describe_terms()))
 
 
