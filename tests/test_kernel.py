@@ -73,6 +73,7 @@ def test_toolkit_dataset(bundle):
     with zipfile.ZipFile(toolkit / bundle["wheel"]) as wheel:
         names = wheel.namelist()
     assert "facenext/kernel.py" in names and "facenext/cli.py" in names
+    assert "facenext/competitions/terms.yaml" in names  # the shipped terms are package data
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

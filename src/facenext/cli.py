@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .competitions.terms import TERMS, TERMS_ENV, add_terms_file, add_terms_from_env, describe_terms, restored_terms
 from .config import MERGES, TTA_HELP
 from .console import log_to_console
 from .errors import UserError
@@ -107,6 +108,10 @@ def _verify(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def _terms(args: argparse.Namespace) -> None:
+    print("\n".join(describe_terms()))
+
+
 def _average(args: argparse.Namespace) -> None:
     from .engine.average import average_checkpoints
 
@@ -176,7 +181,6 @@ TAG_HELP = (
     "the grading back-end's tag: the description must be exactly TAG|WB=ENTITY/PROJECT/RUN_ID (default: the "
     "term's; F26: empty, i.e. |WB=...)"
 )
-TERM_KEYS = "f23, s24, s23, f22, s22, f24, s25, f25, s26, f26"
 FORMAT_HELP = (
     "F26 submission format: cls+ver-rows (assumed, see README) or sample; a *sample_submission*.csv in the download "
     "always decides (a format that writes another file is refused); else this, else predict.submission_format"
@@ -184,13 +188,14 @@ FORMAT_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    term_keys = ", ".join(TERMS)
     parser = argparse.ArgumentParser(prog="facenext", description="HW2P2 face classification and verification.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample-data", help="write a complete sample competition")
     p.add_argument("out", help="folder to write (replaced if it exists)")
     p.add_argument("--from", dest="source", help="build from a folder-per-identity dataset instead of synthetic faces")
-    p.add_argument("--term", default="f23", help=f"competition layout: f23 (default) or one of {TERM_KEYS}")
+    p.add_argument("--term", default="f23", help=f"competition layout: f23 (default) or one of {term_keys}")
     p.add_argument("--identities", type=int, default=30, help="classification identities (synthetic data)")
     p.add_argument("--images-per-identity", type=int, default=30, help="images per identity (synthetic data)")
     p.add_argument(
@@ -356,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.path=value overrides baked into the notebook")
     p.set_defaults(func=_kernel)
 
+    p = sub.add_parser("terms", help="the known terms: key, title, family, classes, limit, score, slugs, source")
+    p.set_defaults(func=_terms)
+
     p = sub.add_parser("kernel-status", help="status of a pushed notebook's latest run")
     p.add_argument("kernel", help="USER/SLUG")
     p.set_defaults(func=_kernel_status)
@@ -364,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kernel", help="USER/SLUG")
     p.add_argument("-p", "--path", help="folder for the files (default kernels/<slug>/output)")
     p.set_defaults(func=_kernel_output)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--terms",
+            metavar="FILE",
+            action="append",
+            help=f"YAML file of your own terms (also data.terms_file, ${TERMS_ENV}; README: A new term)",
+        )
     return parser
 
 
@@ -377,7 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        args.func(args)
+        with restored_terms():  # the terms a command adds do not outlive it (main may run again in this process)
+            add_terms_from_env()
+            for path in args.terms or []:
+                add_terms_file(path)
+            args.func(args)
     except UserError as e:
         print(f"facenext: error: {e}", file=sys.stderr)
         return 2

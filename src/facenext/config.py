@@ -22,7 +22,8 @@ FACE_STD = (0.2708, 0.2363, 0.2226)
 @dataclass
 class DataConfig:
     root: str = "data/sample"  # data folder holding the competition (or the competition folder itself)
-    term: str = "auto"  # competition term (f23, f24, ...) or auto-detect from the folder layout
+    term: str = "auto"  # competition term (f23, f24, ...; `facenext terms` lists them) or auto-detect from the layout
+    terms_file: str | None = None  # YAML file of your own terms (the next term; README "A new term")
     image_size: int = 112  # training and inference resolution
     augment: str = "seed"  # augmentation preset: seed, randaug, light or none
     # Probability of erasing one box (5-10% of the image) with the mean colour; unset: the preset's (0.3 for seed and
@@ -207,6 +208,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise UserError(f"config key {where} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
+def coerce_value(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` checked against a type annotation (lists become tuples where a tuple is expected); a wrong value is
+    a UserError naming ``where``."""
+    return _coerce(value, annotation, where)
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
         raise UserError(f"config section {prefix.rstrip('.') or '<top>'} must be a mapping, got {values!r}")
@@ -243,7 +250,13 @@ def config_from_dict(values: dict[str, Any], overrides: typing.Iterable[str] = (
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
     for override in overrides:
         _apply_override(tree, override)
-    return _build(Config, tree, "")
+    config = _build(Config, tree, "")
+    if config.data.terms_file:
+        # Every stage that reads a config (train, predict and verify through the run's config) then knows its term.
+        from .competitions.terms import add_terms_file
+
+        add_terms_file(config.data.terms_file)
+    return config
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?)?")
@@ -269,7 +282,7 @@ def budget_seconds(value: str | float | None) -> float | None:
 # planned length. predict and verify are read after training. Every other setting changes the result.
 OPERATIONAL_SETTINGS = frozenset(
     {
-        "data.root", "data.num_workers", "data.cache", "data.cache_dir",
+        "data.root", "data.terms_file", "data.num_workers", "data.cache", "data.cache_dir",
         "train.epochs", "train.budget", "train.device", "train.time_limit", "train.log_every",
         "train.recovery_minutes", "train.max_bad_steps", "train.keep_top_k", "train.log_to", "train.plot",
     }

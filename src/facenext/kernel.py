@@ -119,11 +119,14 @@ def notebook_script(
     run_name: str,
     wandb: bool = False,
     tag: str | None = None,
+    terms_text: str | None = None,
 ) -> str:
     """The notebook's code: installs FaceNext offline, trains, predicts, verifies, writes and checks the submission,
-    prints the grading description; with ``wandb`` it logs the run to W&B (key from the Kaggle secrets)."""
+    prints the grading description; with ``wandb`` it logs the run to W&B (key from the Kaggle secrets). With
+    ``terms_text`` (the config's data.terms_file) the user's terms travel in the notebook."""
     return NOTEBOOK.format(
         config=json.dumps(config_text),
+        terms=json.dumps(terms_text) if terms_text is not None else "None",
         overrides=json.dumps(overrides),
         competitions=json.dumps(competitions),
         toolkit=json.dumps(TOOLKIT),
@@ -199,7 +202,8 @@ def build_bundle(
     (toolkit / "dataset-metadata.json").write_text(json.dumps(dataset, indent=2) + "\n")
     metadata = kernel_metadata(user, slug, title, slugs, internet=wandb)
     (notebook / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    script = notebook_script(Path(config).read_text(), overrides, slugs, Path(config).stem, wandb, tag)
+    terms = Path(loaded.data.terms_file).read_text() if loaded.data.terms_file else None  # load_config read it
+    script = notebook_script(Path(config).read_text(), overrides, slugs, Path(config).stem, wandb, tag, terms)
     (notebook / CODE_FILE).write_text(script)
     summary = {"notebook": str(notebook), "toolkit": str(toolkit), "wheel": wheel.name, "kernel": metadata["id"]}
     summary["competitions"] = slugs
@@ -310,6 +314,7 @@ import sys
 from pathlib import Path
 
 CONFIG = {config}
+TERMS = {terms}  # the user's own terms file (data.terms_file), or None
 OVERRIDES = {overrides}
 COMPETITIONS = {competitions}
 RUN = {run}
@@ -384,6 +389,9 @@ def connect_wandb():
 
 # 2. The competition and its submission format, before hours of training.
 (WORKING / "config.yaml").write_text(CONFIG)
+if TERMS is not None:  # the user's terms, here where the config's data.terms_file cannot reach
+    (WORKING / "terms.yaml").write_text(TERMS)
+    OVERRIDES = [*OVERRIDES, f"data.terms_file={{WORKING / 'terms.yaml'}}"]
 try:
     config = load_config(WORKING / "config.yaml", OVERRIDES)
     layout = find_layout(DATA, config.data.term)

@@ -1,7 +1,7 @@
 """Each epoch's dev score in the metric the term is ranked by, for training to report and keep ``best.pt`` by.
 
 - identity-matching terms (F23 style): the dev classification accuracy;
-- pair-scoring terms (F24, S25, F25, S26): the EER on ``val_pairs.txt`` (the score is ``1 - EER``; S22: ROC AUC);
+- pair-scoring terms (S26 style): the EER on ``val_pairs.txt`` (the score is ``1 - EER``; S22: ROC AUC);
 - the combined task (F26): ``0.5 x dev accuracy + 0.5 x (1 - EER)``.
 
 The pair images are embedded with the model under training and scored with ``facenext.verification``'s own functions.

@@ -457,8 +457,8 @@ def _kind_format(layout: Layout, kind: str, requested: str | None, source: str |
 
 
 def scored_kinds(layout: Layout) -> tuple[str, ...]:
-    """The submission kinds the term's competitions score: F26 one combined file; F24, S25, F25 and S26 the test
-    pairs' scores alone; S22 and the identity-matching terms a classification and a verification competition."""
+    """The submission kinds the term's competitions score: the combined task (F26) one file; a pair-scoring term of
+    one competition (S26) the test pairs' scores alone; two competitions (S22, identity matching) one file each."""
     if layout.family.name == "combined":
         return ("combined",)
     if layout.family.uses_pairs() and len(layout.term.slugs) == 1:

@@ -1,8 +1,10 @@
 """The three families of HW2P2 competitions, each one object that knows its layout, score and submission.
 
-- ``IdentityMatching`` (F22, S23, F23, S24): classification on identity folders plus known/unknown verification,
+Each term names its family in ``terms.yaml`` (``facenext terms`` lists them); the examples below are not a registry.
+
+- ``IdentityMatching`` (e.g. F23): classification on identity folders plus known/unknown verification,
   both scored by accuracy, one Kaggle competition per task.
-- ``PairScoring`` (S22, F24, S25, F25, S26): classification data for training, verification of image pairs scored
+- ``PairScoring`` (e.g. S26): classification data for training, verification of image pairs scored
   by EER (S22: ROC AUC); the submission is one similarity score per test pair.
 - ``Combined`` (F26): the pair-scoring layout, and one competition for both tasks scored
   ``0.5 x classification accuracy + 0.5 x (1 - EER)``; its submission carries both parts.
