@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .competitions import DEFAULT_TERM, KINDS
 from .competitions.terms import TERMS, TERMS_ENV, add_terms_file, add_terms_from_env, describe_terms, restored_terms
 from .config import MERGES, TTA_HELP
 from .console import log_to_console
@@ -195,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="write a complete sample competition")
     p.add_argument("out", help="folder to write (replaced if it exists)")
     p.add_argument("--from", dest="source", help="build from a folder-per-identity dataset instead of synthetic faces")
-    p.add_argument("--term", default="f23", help=f"competition layout: f23 (default) or one of {term_keys}")
+    p.add_argument(
+        "--term", default=DEFAULT_TERM, help=f"competition layout: {DEFAULT_TERM} (default) or one of {term_keys}"
+    )
     p.add_argument("--identities", type=int, default=30, help="classification identities (synthetic data)")
     p.add_argument("--images-per-identity", type=int, default=30, help="images per identity (synthetic data)")
     p.add_argument(
@@ -270,9 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="submission CSV")
     p.add_argument("--data", default="data", help="data root holding the competition (default data)")
     p.add_argument("--term", default="auto", help="competition term (default: found from the layout)")
-    p.add_argument(
-        "--kind", choices=("classification", "verification", "combined"), help="default: guessed from the file"
-    )
+    p.add_argument("--kind", choices=KINDS, help="default: guessed from the file")
     p.add_argument("--format", help=FORMAT_HELP)
     p.add_argument("--num-classes", type=int, help="default: the number of train identity folders")
     p.set_defaults(func=_check_submission)
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/sample")
     p.add_argument("--run", default="runs/demo")
     p.add_argument("--submissions", default="submissions")
-    p.add_argument("--term", default="f23", help="f23 (default) or f26: the combined task (also s25, f24, ...)")
+    p.add_argument("--term", default=DEFAULT_TERM, help=f"{DEFAULT_TERM} (default) or one of {term_keys}")
     p.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     p.set_defaults(func=_demo)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .competitions import combined_score
+from .competitions import DEFAULT_TERM, combined_score, family_of, get_term
 from .config import load_config
 from .data.layout import find_layout
 from .data.sample import write_sample_competition
@@ -46,28 +46,56 @@ def score_against_answers(submission: Path, answers: Path) -> float | None:
     return float(np.mean(merged["label_true"] == merged["label_pred"])) if len(merged) == len(truth) else None
 
 
+def _demo_folders(data: str, run_dir: str, term: str) -> tuple[Path, str]:
+    """The sample's folder and the run's: each term but the default in its own, unless named."""
+    data_root = Path(data)
+    if term != DEFAULT_TERM:
+        if data_root == Path("data/sample"):
+            data_root = Path(f"data/sample_{term}")
+        if Path(run_dir) == Path("runs/demo"):
+            run_dir = f"runs/demo_{term}"
+    return data_root, run_dir
+
+
 def run_demo(
     config_path: str = "configs/demo.yaml",
     data: str = "data/sample",
     run_dir: str = "runs/demo",
     submissions: str = "submissions",
     overrides: list[str] | None = None,
-    term: str = "f23",
+    term: str = DEFAULT_TERM,
 ) -> dict[str, Any]:
-    if term != "f23":
-        return run_pairs_demo(config_path, data, run_dir, submissions, overrides, term)
+    """The demo of the term's kind of competition (its family's verifier): two files, or one at the end."""
+    try:
+        verifier = family_of(get_term(term)).verifier
+    except KeyError as e:
+        raise UserError(e.args[0]) from None
+    return DEMOS[verifier](config_path, data, run_dir, submissions, overrides, term)
+
+
+def run_identity_demo(
+    config_path: str,
+    data: str,
+    run_dir: str,
+    submissions: str,
+    overrides: list[str] | None,
+    term: str,
+) -> dict[str, Any]:
+    """The demo on an identity-matching term (F23): a classification and a verification submission."""
     start = time.perf_counter()
-    data_root, out = Path(data), Path(submissions)
+    data_root, run_dir = _demo_folders(data, run_dir, term)
+    out = Path(submissions)
     if not _sample_exists(data_root):
         logger.info(f"writing the sample competition to {data_root}")
-        write_sample_competition(data_root)
-    config = load_config(config_path, [f"data.root={data}", *(overrides or [])])
+        write_sample_competition(data_root, term)
+    config = load_config(config_path, [f"data.root={data_root}", *(overrides or [])])
     trained = train(config, run_dir)
     predict(run_dir, "test", out_dir=out / Path(run_dir).name)
-    submission = out / "submission.csv"
+    suffix = "" if term == DEFAULT_TERM else f"_{term}"  # another term's demo keeps the default's files
+    submission = out / f"submission{suffix}.csv"
     ensemble([run_dir], out=submission, predictions=out)
     verified = verify(run_dir, out_dir=out / Path(run_dir).name)
-    ver_submission = out / "verification_submission.csv"
+    ver_submission = out / f"verification_submission{suffix}.csv"
     write_bytes(ver_submission, Path(verified["submission"]).read_bytes())
     summary = {
         "dev_accuracy": trained["best_dev_acc"],
@@ -81,13 +109,13 @@ def run_demo(
         "submission": str(submission),
         "verification_submission": str(ver_submission),
     }
-    write_json(out / "demo_summary.json", summary)
+    write_json(out / f"demo_summary{suffix}.json", summary)
     logger.info(
         "\ndemo summary: "
         f"classification dev accuracy {summary['dev_accuracy']:.3f} (test {summary['test_accuracy']:.3f}), "
         f"verification dev accuracy {summary['verification_dev_accuracy']:.3f} "
         f"(test {summary['verification_test_accuracy']:.3f}), wall time {summary['wall_s']:.0f} s"
-        f"\nsaved to {out / 'demo_summary.json'}"
+        f"\nsaved to {out / f'demo_summary{suffix}.json'}"
     )
     return summary
 
@@ -123,16 +151,13 @@ def run_pairs_demo(
     from .submission import check_submission
 
     start = time.perf_counter()
-    data_root, out = Path(data), Path(submissions)
-    if data_root == Path("data/sample"):  # each term's sample, and its run, in its own folder
-        data_root = Path(f"data/sample_{term}")
-    if Path(run_dir) == Path("runs/demo"):
-        run_dir = f"runs/demo_{term}"
+    data_root, run_dir = _demo_folders(data, run_dir, term)
+    out = Path(submissions)
     if not _sample_exists(data_root, term):
         logger.info(f"writing the {term.upper()} sample competition to {data_root}")
         write_sample_competition(data_root, term)
     layout = find_layout(data_root, term)
-    combined = layout.family.name == "combined"
+    combined = layout.family.one_file
     settings = [f"data.root={data_root}", f"data.term={term}"]
     if combined and not layout.samples:  # no sample submission to follow: the README's assumed format, named
         settings.append("predict.submission_format=cls+ver-rows")
@@ -174,3 +199,7 @@ def run_pairs_demo(
         f"wall time {summary['wall_s']:.0f} s\nsaved to {out / f'demo_summary_{term}.json'}"
     )
     return summary
+
+
+# The demo of each verifier (``Family.verifier``).
+DEMOS = {"identity": run_identity_demo, "pairs": run_pairs_demo}

@@ -307,13 +307,14 @@ def ensemble(
     family = layout.family
     names = [str(r) for r in runs]
     folders = prediction_folders(runs, predictions)
-    uses_cls, uses_pairs = (part in family.submission_parts(layout.term) for part in ("classification", "pairs"))
-    parts = [load_logits(f / "test_logits.npz") for f in folders] if uses_cls else []
+    kind = family.ensemble_kind(layout.term)  # the file it writes decides what it combines
+    with_logits, with_pair_scores = kind != "verification", kind != "classification"
+    parts = [load_logits(f / "test_logits.npz") for f in folders] if with_logits else []
     if parts:
         _same(parts, names, ("classes", "ids"), "test")
         if list(classes) != parts[0]["classes"].tolist():
             raise UserError(f"{first.classes_file} differs from its saved logits: run `facenext predict` again")
-    pairs = _pair_part(folders, names) if uses_pairs else None
+    pairs = _pair_part(folders, names) if with_pair_scores else None
     if parts and pairs is not None:  # F26: each run's two parts must come from the same weights
         for folder, run, part in zip(folders, runs, parts, strict=True):
             check_same_weights(folder, Path(run), part, load_pair_scores(folder) or {})
@@ -375,7 +376,7 @@ def ensemble(
         )
     out = Path(out)
     fmt, source = format_setting(fmt, config.predict.submission_format, first.config_file)  # as predict and verify
-    summary["format"] = _write(out, layout, family, parts, w, pairs, pair_w, len(classes), fmt, source)
+    summary["format"] = _write(out, layout, kind, parts, w, pairs, pair_w, len(classes), fmt, source)
     rows = len(pd.read_csv(out, dtype=str))
     summary.update(submission=str(out), rows=rows)
     write_json(out.with_suffix(".json"), summary)
@@ -386,7 +387,7 @@ def ensemble(
 def _write(
     out: Path,
     layout: Layout,
-    family: Family,
+    kind: str,
     parts: list[dict[str, np.ndarray]],
     w: np.ndarray,
     pairs: dict[str, np.ndarray] | None,
@@ -395,12 +396,12 @@ def _write(
     fmt: str | None,
     fmt_source: str | None = None,
 ) -> str:
-    """The submission in the family's format; returns the format's name."""
+    """The submission of ``kind`` (the family's ``ensemble_kind``); returns the format's name."""
     labels = _mix(_probs(parts), w).argmax(1) if parts else None
     scores = np.tensordot(pair_w, pairs["test"], axes=1) if pairs is not None else None
-    if family.name == "combined":
+    if kind == "combined":
         return write_combined(out, layout, labels, scores, fmt, num_classes, fmt_source).name
-    if pairs is not None:
+    if kind == "verification":
         write_pair_submission(out, layout, scores)
         return "pairs"
     columns = {"id": parts[0]["ids"].tolist(), "label": labels}
@@ -459,6 +460,22 @@ def _ensemble_identities(folders: list[Path], names: list[str], layout: Layout, 
     return summary
 
 
+def _ensemble_pairs(folders: list[Path], names: list[str], layout: Layout, out: Path) -> dict[str, Any]:
+    """Average the runs' pair scores with equal weights, report the dev score, write the submission."""
+    pairs = _pair_part(folders, names)
+    equal = np.full(len(names), 1 / len(names))
+    summary = dev_score(layout.family, equal, None, None, pairs)
+    logger.info(
+        f"ensemble dev EER {summary['dev_eer']:.4f}, AUC {summary['dev_auc']:.4f}, dev score "
+        f"({layout.family.score_name}) {summary['dev_score']:.4f} ({len(pairs['val_labels'])} pairs)"
+    )
+    return {**summary, **write_pair_submission(out, layout, np.tensordot(equal, pairs["test"], axes=1))}
+
+
+# The verification ensemble of each verifier (``Family.verifier``).
+VERIFICATION_ENSEMBLES = {"identity": _ensemble_identities, "pairs": _ensemble_pairs}
+
+
 def ensemble_verification(
     runs: list[str | Path], out: str | Path, predictions: str | Path = "submissions", data_root: str | None = None
 ) -> dict[str, Any]:
@@ -474,7 +491,7 @@ def ensemble_verification(
         raise UserError("name at least one run folder to ensemble")
     config = RunDir(runs[0]).config()
     layout = find_layout(data_root or config.data.root, config.data.term)
-    if layout.family.name == "combined":
+    if "verification" not in layout.family.scored_kinds(layout.term):
         raise UserError(f"{layout.term.key.upper()} scores both tasks in one file: ensemble without --verification")
     names = [str(r) for r in runs]
     folders = prediction_folders(runs, predictions)
@@ -484,17 +501,7 @@ def ensemble_verification(
     counts = [run_parameters(r) for r in runs]
     summary["parameters"] = check_limit([Path(r) for r in runs], layout.term, what, "name fewer runs", counts)
     summary.update(runs_record(runs, counts))
-    if layout.term.verification == "identity":
-        summary.update(_ensemble_identities(folders, names, layout, out))
-    else:
-        pairs = _pair_part(folders, names)
-        equal = np.full(len(names), 1 / len(names))
-        summary.update(dev_score(layout.family, equal, None, None, pairs))
-        logger.info(
-            f"ensemble dev EER {summary['dev_eer']:.4f}, AUC {summary['dev_auc']:.4f}, dev score "
-            f"({layout.family.score_name}) {summary['dev_score']:.4f} ({len(pairs['val_labels'])} pairs)"
-        )
-        summary.update(write_pair_submission(out, layout, np.tensordot(equal, pairs["test"], axes=1)))
+    summary.update(VERIFICATION_ENSEMBLES[layout.family.verifier](folders, names, layout, out))
     summary["rows"] = len(pd.read_csv(out, dtype=str))
     write_json(out.with_suffix(".json"), summary)
     return summary

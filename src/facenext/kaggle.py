@@ -264,10 +264,7 @@ def _check_against_data(path: Path, competition: str, data_root: Path | None, fm
             f"cannot check {path} before uploading it: no copy of {competition} {where} ({reason}); pass --data DIR "
             f"(where `facenext download {competition}` put it), or --no-check to upload it unchecked"
         ) from None
-    slugs = layout.term.slugs
-    kind = None
-    if term is not None and len(slugs) == 2 and layout.family.name != "combined":
-        kind = "classification" if competition == slugs[0] else "verification"
+    kind = layout.family.kind_of_slug(layout.term, competition)  # None: guessed from the file
     check_submission(path, layout, kind, fmt=fmt or recorded_format(path))
     return layout
 

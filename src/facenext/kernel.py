@@ -104,12 +104,12 @@ def build_wheel(out_dir: Path, project: Path = PROJECT) -> Path:
 def _competitions(config: Any, competitions: list[str] | None) -> list[str]:
     if competitions:
         return list(dict.fromkeys(competitions))
-    from .competitions import get_term
+    from .competitions import DEFAULT_TERM, family_of, get_term
 
-    term = get_term(config.data.term if config.data.term != "auto" else "f23")
+    term = get_term(config.data.term if config.data.term != "auto" else DEFAULT_TERM)
     # F26's second slug is the late-submission twin of the same competition: attaching both would put two copies of
     # the same data under /kaggle/input. Two slugs of other terms are two competitions, each with its own data.
-    return list(term.slugs[:1] if term.family == "combined" else term.slugs)
+    return list(family_of(term).distinct_competitions(term))
 
 
 def notebook_script(
@@ -401,7 +401,7 @@ try:
     fix = "rebuild the notebook with `facenext kernel CONFIG predict.submission_format=sample` and push it again"
     fmt = (
         submission_format(layout, config.predict.submission_format, source, fix).name
-        if layout.family.name == "combined"
+        if layout.family.one_file
         else None
     )
 except UserError as e:

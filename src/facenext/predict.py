@@ -148,7 +148,7 @@ def predict(
             f"{run.name}: dev accuracy {summary['dev_acc']:.4f} ({len(truth)} images, tta {tta}, {merge}); "
             f"per view: {views}"
         )
-    elif layout.family.name == "combined":  # F26: one file with both parts, once verify has scored the pairs
+    elif layout.family.one_file:  # F26: one file with both parts, once verify has scored the pairs
         fmt, source = format_setting(fmt, run.config.predict.submission_format, run.folder.config_file)
         combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "predict", source)
         if combined is not None:

@@ -72,7 +72,7 @@ class TermScorer:
     def __init__(self, layout: Layout, config: Config) -> None:
         self.family = layout.family
         self.name = self.family.score_name
-        self.pairs = DevPairs(layout, config) if self.family.uses_pairs() and layout.val_pairs is not None else None
+        self.pairs = DevPairs(layout, config) if self.family.dev_uses_pairs and layout.val_pairs is not None else None
 
     def score(
         self, model: nn.Module, to_model: BatchToModel, dtype: torch.dtype | None, dev_acc: float

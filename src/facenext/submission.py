@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .competitions import KINDS
 from .data.layout import Layout, list_classes, list_images, read_pairs
 from .errors import UserError
 from .io import read_json, write_csv
-
-KINDS = ("classification", "verification", "combined")
 
 
 def classification_ids(layout: Layout) -> tuple[list[str], list[str]]:
@@ -398,7 +397,7 @@ def submission_format(
     term = layout.term
     if requested and requested != "auto" and requested != "sample" and requested not in FORMATS:
         raise UserError(f"unknown submission format {requested!r}: use one of {', '.join(COMBINED_FORMATS)}")
-    if layout.family.name == "combined" and layout.samples:
+    if layout.family.one_file and layout.samples:
         if len(layout.samples) > 1:
             names = ", ".join(str(p) for p in layout.samples)
             raise UserError(
@@ -450,20 +449,17 @@ def _kind_format(layout: Layout, kind: str, requested: str | None, source: str |
     if kind == "classification":
         return ClassificationFormat()
     if kind == "verification":
-        return PairFormat() if layout.family.uses_pairs() else IdentityFormat()
+        return FORMATS[layout.family.verifier]()
     if kind == "combined":
         return submission_format(layout, requested, source)
     raise UserError(f"unknown submission kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
 def scored_kinds(layout: Layout) -> tuple[str, ...]:
-    """The submission kinds the term's competitions score: the combined task (F26) one file; a pair-scoring term of
-    one competition (S26) the test pairs' scores alone; two competitions (S22, identity matching) one file each."""
-    if layout.family.name == "combined":
-        return ("combined",)
-    if layout.family.uses_pairs() and len(layout.term.slugs) == 1:
-        return ("verification",)
-    return ("classification", "verification")
+    """The submission kinds the term's competitions score, as its family says: the combined task (F26) one file; a
+    pair-scoring term of one competition (S26) the test pairs' scores alone; two competitions (S22, identity
+    matching) one file each."""
+    return layout.family.scored_kinds(layout.term)
 
 
 def _refuse_unscored(kind: str, layout: Layout, name: Path, guessed: bool) -> None:
@@ -484,10 +480,9 @@ def _refuse_unscored(kind: str, layout: Layout, name: Path, guessed: bool) -> No
 
 
 def _guess_kind(frame: pd.DataFrame, layout: Layout) -> str:
-    if layout.family.name == "combined":
-        return "combined"
-    if layout.family.uses_pairs() and list(frame.columns) == list(layout.term.pair_header):
-        return "verification"
+    told = layout.family.kind_of_columns(list(frame.columns), layout.term)
+    if told is not None:
+        return told
     if layout.test is None:
         return "verification"
     if "label" in frame.columns and frame["label"].str.fullmatch(r"-?\d+").all():

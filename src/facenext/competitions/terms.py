@@ -69,11 +69,6 @@ class Term:
     pair_dirs: tuple[str, str] | None = None  # S22: dev and test pair images in their own folders under ver_images
 
     @property
-    def verification(self) -> str:
-        """``identity`` (match unknown images to known identities) or ``pairs`` (score image pairs)."""
-        return "identity" if self.family == "identity" else "pairs"
-
-    @property
     def metric(self) -> str:
         """What the leaderboard ranks: ``accuracy``, ``auc``, ``eer`` or ``combined``."""
         return "combined" if self.family == "combined" else self.ver_metric

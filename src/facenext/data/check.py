@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from ..competitions.families import pair_image_base
 from ..errors import UserError
 from .datasets import DECODE_ERRORS
 from .layout import (
@@ -137,7 +138,9 @@ def check_data(root: str | Path, term: str = "auto", threads: int | None = None)
         if folder is not None and folder.is_dir():
             report.splits.append(_scan_flat(report, name, folder))
 
-    _check_pairs(report)
+    _check_test_labels(report)
+    for check in layout.family.data_checks:
+        DATA_CHECKS[check](report)
 
     everything = [(split, path) for split in report.splits for path in split.images]
     with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
@@ -155,18 +158,18 @@ def check_data(root: str | Path, term: str = "auto", threads: int | None = None)
     return report
 
 
-def _check_pairs(report: Report) -> None:
-    """The pair files (at the root or under cls_data/): their pairs, and every image they name."""
+def _check_test_labels(report: Report) -> None:
+    """The classification test split's labels.txt, where the download ships one (S25 to S26)."""
     layout = report.layout
     if layout.test_labels is not None:
         report.notes.append(f"test labels: {len(read_labels(layout.test_labels.parent))} lines [{layout.test_labels}]")
         for problem in label_problems(layout.test_labels.parent, layout.term.num_classes):
             report.problem(f"test: {problem.what}", problem.examples)
-    if not layout.family.uses_pairs():
-        return
-    from ..competitions.families import pair_image_base
 
-    term = layout.term
+
+def _check_pairs(report: Report) -> None:
+    """The pair files (at the root or under cls_data/): their pairs, and every image they name."""
+    layout, term = report.layout, report.layout.term
     for what, path, labelled in (("val_pairs", layout.val_pairs, True), ("test_pairs", layout.test_pairs, False)):
         if path is None:
             report.problem(f"{what}: {term.val_pairs if labelled else term.test_pairs} not found", [layout.root])
@@ -185,8 +188,16 @@ def _check_pairs(report: Report) -> None:
             report.problem(f"{what}: {len(missing)} images named in {path.name} do not exist under {base}", missing)
     if layout.ver_images is None:
         report.problem(f"ver_images: {term.ver_images}/ not found", [layout.root])
-    if layout.family.name == "combined" and layout.test is None:
-        report.problem(f"test: {term.test}/images not found (the combined submission needs it)", [layout.root])
+
+
+def _check_test_split(report: Report) -> None:
+    layout = report.layout
+    if layout.test is None:
+        report.problem(f"test: {layout.term.test}/images not found (the combined submission needs it)", [layout.root])
+
+
+# What each of a family's ``data_checks`` checks.
+DATA_CHECKS = {"pairs": _check_pairs, "test": _check_test_split}
 
 
 def print_report(report: Report) -> None:

@@ -8,64 +8,30 @@ term is then told apart by, in order: the term the config or command line names,
 the folder names the term's zip unpacks to, and whether the test split ships a ``labels.txt`` (S26 does, F26 not).
 Every competition under the data root is listed; more than one (the demo's sample beside a real download
 included) is refused with one line naming them. A term that is named keeps only the competitions that nothing
-names as another term.
+names as another term. Each term's family (``facenext.competitions``) says what its structure is and builds the
+``Layout`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import pandas as pd
 
+from ..competitions import TERMS, Layout, Term, family_of, get_term
 from ..errors import UserError
+from .folders import IMAGES_DIR, LABELS_FILE, MARKER, candidates, chain, read_marker
 
-if TYPE_CHECKING:
-    from ..competitions import Term
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff"}
-LABELS_FILE = "labels.txt"  # S25 on: one `<image_file> <class_id>` a line, file names relative to images/
-IMAGES_DIR = "images"
-MARKER = ".complete"  # written by `facenext download` (slug) and `facenext sample-data` (term, sample)
-SAMPLE_GLOB = "*sample_submission*.csv"
 
 
 class AmbiguousData(UserError):
     """More than one competition could be meant: the user must name one (never a silent pick)."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Absolute paths of one competition's parts; a part the term does not have is None."""
-
-    term: Term
-    root: Path
-    train: Path
-    dev: Path | None
-    test: Path | None  # the flat folder of classification test images
-    cls_sample: Path | None
-    known: Path | None = None
-    unknown_dev: Path | None = None
-    unknown_test: Path | None = None
-    ver_dev_labels: Path | None = None
-    ver_sample: Path | None = None
-    ver_images: Path | None = None
-    val_pairs: Path | None = None
-    test_pairs: Path | None = None
-    test_labels: Path | None = None  # S25 shipped test/labels.txt; F26 does not
-    samples: tuple[Path, ...] = ()  # every *sample_submission*.csv in the competition folder
-    is_sample: bool = False  # written by `facenext sample-data`
-
-    @property
-    def family(self):  # the family object, imported lazily to keep imports acyclic
-        from ..competitions import family_of
-
-        return family_of(self.term)
 
 
 def list_images(folder: Path) -> list[str]:
@@ -236,42 +202,6 @@ def _check_pair_labels(labels: pd.Series, path: Path, lines: list[int]) -> None:
         )
 
 
-def _candidates(root: Path) -> Iterator[Path]:
-    """The root, its subfolders and theirs, breadth first: a competition is found wherever a download unpacked it."""
-    yield root
-    level = [root]
-    for _ in range(2):
-        level = [child for parent in level for child in _subdirs(parent)]
-        yield from level
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "answers")
-    except OSError:
-        return []
-
-
-def _chain(folder: Path, root: Path) -> list[Path]:
-    """``folder`` and its parents up to ``root`` included."""
-    chain = [folder]
-    while chain[-1] != root and chain[-1].parent != chain[-1] and root in chain[-1].parents:
-        chain.append(chain[-1].parent)
-    return chain
-
-
-def read_marker(folder: Path, root: Path) -> dict:
-    """The nearest ``.complete`` marker's content between ``folder`` and ``root`` ({} when none is readable)."""
-    for path in _chain(folder, root):
-        try:
-            data = json.loads((path / MARKER).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
 @dataclass(frozen=True)
 class Found:
     """A competition found at ``folder``: its term, or the terms it could be when nothing tells them apart."""
@@ -321,15 +251,13 @@ def _identify(folder: Path, root: Path, terms: list[Term]) -> tuple[Term, ...]:
     by_slug = _named_by_slug(folder, terms)
     if by_slug:
         return tuple(by_slug)
-    names = {p.name for p in _chain(folder, root)}
+    names = {p.name for p in chain(folder, root)}
     by_name = [t for t in terms if names & set(t.folders)] or terms
     return tuple(_by_test_split(folder, by_name) or by_name)
 
 
 def _terms_of(folder: Path, root: Path) -> tuple[Term, ...]:
     """The terms ``folder`` could be, among every term whose structure it has."""
-    from ..competitions import TERMS, family_of
-
     return _identify(folder, root, [t for t in TERMS.values() if family_of(t).matches(folder, t)])
 
 
@@ -337,8 +265,6 @@ def _refuse_named_as_another(folder: Path, root: Path, term: Term) -> None:
     """A competition that its marker or a slug in its path names as another term is not ``term``: most likely the
     other term's competition was downloaded. Only these name a term for sure; the test split does not overrule one
     named by the user."""
-    from ..competitions import TERMS, family_of
-
     shaped = [t for t in TERMS.values() if family_of(t).matches(folder, t)]
     marker = read_marker(folder, root)
     named = [t for t in shaped if marker.get("term") == t.key or marker.get("slug") in t.slugs]
@@ -354,10 +280,8 @@ def _refuse_named_as_another(folder: Path, root: Path, term: Term) -> None:
 
 def find_competitions(root: Path, terms: list[Term]) -> list[Found]:
     """Every competition of ``terms`` under ``root`` (up to two levels down), by structure."""
-    from ..competitions import family_of
-
     found: list[Found] = []
-    for folder in _candidates(root):
+    for folder in candidates(root):
         matching = [t for t in terms if family_of(t).matches(folder, t)]
         if matching:
             found.append(Found(folder, _identify(folder, root, matching)))
@@ -374,8 +298,6 @@ def _ambiguity(root: Path, found: list[Found]) -> str:
 
 def find_layout(root: str | Path, term: str = "auto") -> Layout:
     """Locate the one competition under ``root``; ``term="auto"`` recognises any known term by its structure."""
-    from ..competitions import TERMS, family_of, get_term
-
     root = Path(root)
     if not root.is_dir():
         raise UserError(
@@ -409,21 +331,3 @@ def find_layout(root: str | Path, term: str = "auto") -> Layout:
         if others:  # the demo's sample must never stand in silently for a real download beside it
             raise AmbiguousData(_ambiguity(root, [one, *others]))
     return layout
-
-
-def optional(base: Path | None, rel: str | None) -> Path | None:
-    if base is None or rel is None:
-        return None
-    path = base / rel
-    return path if path.exists() else None
-
-
-def sample_submissions(folder: Path, slugs: tuple[str, ...] = ()) -> tuple[Path, ...]:
-    """Every ``*sample_submission*.csv`` in ``folder`` and its subfolders (two levels), and in the folder above it
-    when that one is named after one of ``slugs``: a zip that holds ``hw2p2_data/`` and the sample beside it unpacks
-    to ``<slug>/sample_submission.csv`` (Kaggle: ``/kaggle/input/<slug>/``)."""
-    found = [p for level in ("", "*/", "*/*/") for p in folder.glob(level + SAMPLE_GLOB) if p.is_file()]
-    above = folder.absolute().parent
-    if above.name in slugs:
-        found += [p for p in above.glob(SAMPLE_GLOB) if p.is_file()]
-    return tuple(sorted(set(found)))

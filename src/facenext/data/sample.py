@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..competitions import Term, family_of, get_term, numbered_name
+from ..competitions import DEFAULT_TERM, Term, family_of, get_term, numbered_name
 from ..errors import UserError
 from .faces import random_traits, render_face
 from .layout import MARKER, list_classes, list_images
@@ -272,9 +272,13 @@ def write_pairs_competition(split: Split, out: Path, term: Term, seed: int) -> N
     )
 
 
+# The sample competition of each verifier (``Family.verifier``): known/unknown identities, or pair files.
+SAMPLE_WRITERS = {"identity": write_identity_competition, "pairs": write_pairs_competition}
+
+
 def write_sample_competition(
     out: str | Path,
-    term: str = "f23",
+    term: str = DEFAULT_TERM,
     source_folder: str | Path | None = None,
     identities: int = 30,
     images_per_identity: int = 30,
@@ -318,7 +322,7 @@ def write_split_competition(out: Path, spec: Term, split: Split, seed: int) -> N
     partial.mkdir(parents=True)
     # Terms recognised by structure unpack into one folder (hw2p2_data/, ...): the sample does the same.
     folder = partial if spec.cls_dir else partial / spec.folders[0]
-    family_of(spec).write_sample(split, folder, spec, seed)
+    SAMPLE_WRITERS[family_of(spec).verifier](split, folder, spec, seed)
     if folder != partial:
         (folder / "answers").rename(partial / "answers")
     # The marker a download writes, naming the term: folders that several terms share are told apart by it.

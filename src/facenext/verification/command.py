@@ -44,11 +44,13 @@ def verify(
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
     scoring = Scoring(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
     logger.info(f"scoring: {scoring.describe()}")
-    if layout.term.verification == "identity":
-        result = verify_identities(embeddings, layout, out, scoring)
-    else:  # the pair scores record the weights: F26's file takes them only beside logits of the same weights
-        result = verify_pairs(embeddings, layout, out, scoring, weights_id(run.path, weights))
-    if layout.family.name == "combined":
+    # the pair scores record the weights: F26's file takes them only beside logits of the same weights
+    verifiers = {
+        "identity": lambda: verify_identities(embeddings, layout, out, scoring),
+        "pairs": lambda: verify_pairs(embeddings, layout, out, scoring, weights_id(run.path, weights)),
+    }
+    result = verifiers[layout.family.verifier]()
+    if layout.family.one_file:
         fmt, source = format_setting(fmt, run.config.predict.submission_format, run.folder.config_file)
         combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "verify", source)
         if combined is not None:

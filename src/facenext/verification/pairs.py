@@ -81,7 +81,7 @@ def verify_pairs(
     if layout.test_pairs is not None:
         test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
         test_scores = split_pair_scores(cache, layout, "test", test, scoring)
-        if layout.family.name != "combined":
+        if not layout.family.one_file:
             summary.update(write_pair_submission(out / "verification_submission.csv", layout, test_scores))
     save_pair_scores(out, val_scores, labels, test_scores, scoring.describe(), weights)
     return summary
