@@ -297,7 +297,7 @@ def test_verify_expands_queries_on_request_and_refuses_a_negative_count(trained_
     assert summary["expand"] == 3 and 0 <= summary["dev_accuracy"] <= 1
     curve = pd.read_csv(summary["threshold_curve_csv"])
     assert curve["accuracy"].max() == pytest.approx(summary["dev_accuracy"])
-    assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "0", "--rerank", "0"]) == 0
     plain = json.loads((out / "verify.json").read_text())
     assert plain["expand"] == 0 and plain["embedded_images"] == 0  # the same embeddings, expanded or not
     assert plain["threshold"] != summary["threshold"], "expanded embeddings are compared, not the plain ones"
@@ -307,7 +307,7 @@ def test_verify_expands_queries_on_request_and_refuses_a_negative_count(trained_
 
 def test_verify_reranks_on_request_for_both_families(trained_run, f24_run, tmp_path):
     out = tmp_path / "ver"
-    assert main(["verify", str(trained_run), "--out", str(out)]) == 0
+    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "0", "--rerank", "0"]) == 0
     plain = json.loads((out / "verify.json").read_text())
     assert main(["verify", str(trained_run), "--out", str(out), "--rerank", "6", "--expand", "2"]) == 0
     reranked = json.loads((out / "verify.json").read_text())
@@ -316,7 +316,7 @@ def test_verify_reranks_on_request_for_both_families(trained_run, f24_run, tmp_p
     labels = pd.read_csv(out / "verification_submission.csv")["label"]
     assert labels.str.fullmatch(r"n\d{6}").all()
     pairs = tmp_path / "pairs"
-    assert main(["verify", str(f24_run), "--out", str(pairs), "--rerank", "5"]) == 0
+    assert main(["verify", str(f24_run), "--out", str(pairs), "--rerank", "5", "--expand", "0"]) == 0
     summary = json.loads((pairs / "verify.json").read_text())
     assert summary["rerank"] == 5 and 0 <= summary["dev_eer"] <= 1
     assert pd.read_csv(pairs / "verification_submission.csv")["Label"].between(0, 1).all()  # 1 - distance

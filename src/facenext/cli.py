@@ -8,11 +8,19 @@ from collections.abc import Sequence
 
 from .competitions import DEFAULT_TERM, KINDS
 from .competitions.terms import TERMS, TERMS_ENV, add_terms_file, add_terms_from_env, describe_terms, restored_terms
-from .config import MERGES, TTA_HELP
+from .config import AUTO, MERGES, TTA_HELP
 from .console import log_to_console
 from .errors import UserError
 from .io import DISK_FULL
 from .run import WEIGHTS
+
+
+def _neighbours(text: str) -> int | str:
+    """--expand / --rerank: a number of neighbours, or auto (anything else is refused with the config's message)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _sample_data(args: argparse.Namespace) -> None:
@@ -287,10 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="embed every image again (ignore OUT/embeddings_*.npz)")
     p.add_argument("--format", help=FORMAT_HELP)
     p.add_argument(
-        "--expand", type=int, help="query expansion: neighbours averaged into each embedding (default: verify.expand)"
+        "--expand",
+        type=_neighbours,
+        help=f"query expansion: neighbours averaged into each embedding, 0 for off, {AUTO} to choose on dev "
+        "(default: verify.expand)",
     )
     p.add_argument(
-        "--rerank", type=int, help="k-reciprocal re-ranking: its k1, 0 for off (default: verify.rerank)", metavar="K1"
+        "--rerank",
+        type=_neighbours,
+        help=f"k-reciprocal re-ranking: its k1, 0 for off, {AUTO} to choose on dev (default: verify.rerank)",
+        metavar="K1",
     )
     p.set_defaults(func=_verify)
 

@@ -132,17 +132,32 @@ class PredictConfig:
     submission_format: str | None = None
 
 
+# verify.expand / verify.rerank: chosen on dev among a few candidates, kept only where the choice holds out of bag
+AUTO = "auto"
+
+
+def neighbours(value: int | str, flag: str) -> int | None:
+    """A verify.expand or verify.rerank setting: its number of neighbours, or None for ``auto``."""
+    if value == AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"--{flag} {value} (verify.{flag}): give a number of neighbours (0: off) or {AUTO}")
+    return value
+
+
 @dataclass
 class VerifyConfig:
     tta: str = "flip"
     # Query expansion: each verification embedding averaged with its k nearest images of the same split (and the
     # known gallery), weighted by similarity^3 (facenext.verification.expansion); 0: off. Uses only the unlabelled
-    # test images; choose k on dev (`facenext verify RUN --expand K`).
-    expand: int = 0
+    # test images. auto: chosen on dev, or off where dev cannot tell it from noise (facenext.verification.choice).
+    expand: int | str = AUTO
     # k-reciprocal re-ranking (after any expansion): distances from the neighbours two images share
-    # (facenext.verification.reranking), k1 about the images each person has in a split; 0: off. Choose on dev
-    # (`facenext verify RUN --rerank K1`).
-    rerank: int = 0
+    # (facenext.verification.reranking), k1 about the images each person has in a split; 0: off; auto as above.
+    rerank: int | str = AUTO
+
+    def __post_init__(self) -> None:
+        neighbours(self.expand, "expand"), neighbours(self.rerank, "rerank")
 
 
 @dataclass

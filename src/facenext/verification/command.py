@@ -10,10 +10,10 @@ from ..combined import format_setting, weights_id, write_run_submission
 from ..data.layout import find_layout
 from ..io import write_json
 from ..limits import runs_record
+from .choice import ScoringSetting
 from .embeddings import EmbeddingCache, open_run, weights_fingerprint
 from .identity import verify_identities
 from .pairs import verify_pairs
-from .similarity import Scoring
 
 logger = logging.getLogger(__name__)
 
@@ -26,30 +26,29 @@ def verify(
     data_root: str | None = None,
     cache: bool = True,
     fmt: str | None = None,
-    expand_k: int | None = None,
-    rerank: int | None = None,
+    expand_k: int | str | None = None,
+    rerank: int | str | None = None,
 ) -> dict[str, Any]:
     """Score the dev verification set and write the test submission, for whichever family the term uses.
 
     ``cache=False`` recomputes every embedding (and refreshes the cache files). For the combined task (F26) the
     pair scores are saved and, once ``predict`` has saved the test logits in the same folder, the submission with
     both parts is written in the format ``fmt`` (default: the sample submission or predict.submission_format).
-    ``expand_k`` and ``rerank``: query expansion and k-reciprocal re-ranking (``verification.similarity``; default: the
-    run's verify.expand and verify.rerank).
+    ``expand_k`` and ``rerank``: query expansion and k-reciprocal re-ranking (``verification.similarity``), a number
+    or ``auto`` (chosen on dev, ``verification.choice``); default: the run's verify.expand and verify.rerank.
     """
     run, facts = open_run(run_dir, weights)
     tta = tta or facts.tta
     out = Path(out_dir) if out_dir else Path("submissions") / run.name
     layout = find_layout(data_root or facts.data_root, facts.term)
     embeddings = EmbeddingCache(run, tta, out, weights_fingerprint(facts, tta), use_cache=cache)
-    scoring = Scoring(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
-    logger.info(f"scoring: {scoring.describe()}")
+    setting = ScoringSetting(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
     # the pair scores record the weights: F26's file takes them only beside logits of the same weights
     verifiers = {
-        "identity": lambda: verify_identities(embeddings, layout, out, scoring),
-        "pairs": lambda: verify_pairs(embeddings, layout, out, scoring, weights_id(run.path, weights)),
+        "identity": lambda: verify_identities(embeddings, layout, out, setting),
+        "pairs": lambda: verify_pairs(embeddings, layout, out, setting, weights_id(run.path, weights)),
     }
-    result = verifiers[layout.family.verifier]()
+    result, choice = verifiers[layout.family.verifier]()
     if layout.family.one_file:
         fmt, source = format_setting(fmt, run.config.predict.submission_format, run.folder.config_file)
         combined = write_run_submission(out, layout, fmt, len(run.classes), run.path, "verify", source)
@@ -62,8 +61,9 @@ def verify(
         "run": str(run.path),
         "term": layout.term.key,
         "tta": tta,
-        "expand": scoring.expand,
-        "rerank": scoring.rerank,
+        "expand": choice.scoring.expand,
+        "rerank": choice.scoring.rerank,
+        "scoring": choice.summary(),
         **result,
     }
     summary["embedded_images"] = embeddings.embedded

@@ -16,6 +16,7 @@ from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
 from ..io import write_csv, write_npz
 from ..submission import verification_ids, write_submission
+from .choice import Choice, IdentityOutcome, ScoringSetting, choose
 from .embeddings import EmbeddingCache
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
 from .plots import plot_threshold_curve, write_score_figures
@@ -179,25 +180,35 @@ def write_identity_submission(
     return {"submission": str(path)}
 
 
-def verify_identities(cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring) -> dict[str, Any]:
+def verify_identities(
+    cache: EmbeddingCache, layout: Layout, out: Path, setting: ScoringSetting
+) -> tuple[dict[str, Any], Choice]:
     """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present), each
-    split scored against the gallery as ``scoring`` says. The scores are saved for ensembles."""
+    split scored against the gallery as ``setting`` says or dev chooses. The scores are saved for ensembles."""
     if layout.known is None or layout.unknown_dev is None:
         raise UserError(f"no verification data (known/, unknown_dev/) found under {layout.root}")
     gallery, names = known_gallery(cache, layout)
     summary: dict[str, Any] = {"known_identities": len(names)}
-    threshold, saved = NO_THRESHOLD, IdentityScores(names, scoring.describe())
+    threshold, choice = NO_THRESHOLD, Choice(setting.base(), None, reason="no labelled dev: nothing to choose on")
+    saved = IdentityScores(names, choice.scoring.describe())
     if layout.ver_dev_labels is not None:
         files = list_images(layout.unknown_dev)
         saved.dev_truth, saved.dev_files = dev_truth(layout, files), np.array(files)
-        saved.dev = split_similarity(cache, gallery, "unknown_dev", layout.unknown_dev, files, scoring)
+        queries = cache.get("unknown_dev", [layout.unknown_dev / f for f in files])
+        no_match = layout.term.no_match
+
+        def outcome_of(scoring: Scoring) -> IdentityOutcome:
+            return IdentityOutcome(match_similarity(gallery, queries, scoring), saved.dev_truth, names, no_match)
+
+        choice = choose(setting, outcome_of, "dev accuracy")
+        saved.dev, saved.scoring = choice.outcome.similarity, choice.scoring.describe()
         dev, threshold = evaluate_similarity(saved.dev, saved.dev_truth, names, layout, out)
         summary.update(dev)
     if layout.unknown_test is not None:
         ids, files = verification_ids(layout)
         saved.test_ids, saved.test_files = np.array(ids), np.array(files)
-        saved.test = split_similarity(cache, gallery, "unknown_test", layout.unknown_test, files, scoring)
+        saved.test = split_similarity(cache, gallery, "unknown_test", layout.unknown_test, files, choice.scoring)
         path = out / "verification_submission.csv"
         summary.update(write_identity_submission(path, layout, ids, saved.test, names, threshold))
     saved.save(out)
-    return summary
+    return summary, choice

@@ -14,6 +14,7 @@ from ..competitions.families import pair_image_base
 from ..data.layout import Layout, read_pairs
 from ..errors import UserError
 from ..submission import write_submission
+from .choice import Choice, PairOutcome, ScoringSetting, choose
 from .embeddings import EmbeddingCache
 from .metrics import pair_metrics
 from .plots import write_score_figures
@@ -40,13 +41,16 @@ def split_pair_scores(
 
 
 def evaluate_pairs(
-    cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The field's metrics on the labelled dev pairs, and the ROC and score figures: the summary entries, the
-    scores and the labels."""
+    cache: EmbeddingCache, layout: Layout, out: Path, setting: ScoringSetting
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, Choice]:
+    """The field's metrics on the labelled dev pairs, scored as ``setting`` says or chooses, and the ROC and score
+    figures: the summary entries, the scores, the labels and the scoring chosen."""
     val = read_pairs(layout.val_pairs, labelled=True, csv=layout.term.pairs_csv)
-    scores = split_pair_scores(cache, layout, "dev", val, scoring)
+    paths, first, second = pair_images(layout, val)
+    feats = cache.get("dev", paths)
     labels = val["label"].astype(int).to_numpy()
+    choice = choose(setting, lambda s: PairOutcome(s.pairs(feats, first, second), labels), "dev 1 - EER")
+    scores = choice.outcome.scores
     metrics = pair_metrics(scores, labels)
     summary: dict[str, Any] = {f"dev_{k}": v for k, v in metrics.items()}
     summary.update(dev_pairs=len(val))
@@ -57,7 +61,7 @@ def evaluate_pairs(
         f"AUC {metrics['auc']:.4f}, TAR@FAR1e-3 {metrics['tar_at_far_0.001']:.4f}, "
         f"best accuracy {metrics['best_accuracy']:.4f}{folds} ({len(val)} pairs)"
     )
-    return summary, scores, labels
+    return summary, scores, labels, choice
 
 
 def write_pair_submission(path: Path, layout: Layout, scores: np.ndarray) -> dict[str, Any]:
@@ -69,14 +73,15 @@ def write_pair_submission(path: Path, layout: Layout, scores: np.ndarray) -> dic
 
 
 def verify_pairs(
-    cache: EmbeddingCache, layout: Layout, out: Path, scoring: Scoring, weights: str | None = None
-) -> dict[str, Any]:
-    """Evaluate on the dev pairs and score the test pairs (when present). The scores are saved for ensembles, with
-    the ``weights`` id of the model; the test submission is written here, except for the combined task (F26), whose
-    file also needs the classification part (``verification.command``)."""
+    cache: EmbeddingCache, layout: Layout, out: Path, setting: ScoringSetting, weights: str | None = None
+) -> tuple[dict[str, Any], Choice]:
+    """Evaluate on the dev pairs and score the test pairs (when present) as dev chose (``setting``). The scores are
+    saved for ensembles, with the ``weights`` id of the model; the test submission is written here, except for the
+    combined task (F26), whose file also needs the classification part (``verification.command``)."""
     if layout.val_pairs is None:
         raise UserError(f"no verification pairs ({layout.term.val_pairs}) found under {layout.root}")
-    summary, val_scores, labels = evaluate_pairs(cache, layout, out, scoring)
+    summary, val_scores, labels, choice = evaluate_pairs(cache, layout, out, setting)
+    scoring = choice.scoring
     test_scores = None
     if layout.test_pairs is not None:
         test = read_pairs(layout.test_pairs, labelled=False, csv=layout.term.pairs_csv)
@@ -84,4 +89,4 @@ def verify_pairs(
         if not layout.family.one_file:
             summary.update(write_pair_submission(out / "verification_submission.csv", layout, test_scores))
     save_pair_scores(out, val_scores, labels, test_scores, scoring.describe(), weights)
-    return summary
+    return summary, choice
