@@ -135,9 +135,9 @@ VERIFY: dict[str, list[str]] = {
     "ArcFace, lean": [*AROUND, *ARC, "model.name=lean"],
     "ArcFace, lean, 96 px, 300 epochs": [*AROUND, *ARC, "model.name=lean", "data.image_size=96", "train.epochs=300"],
 }
-# The headline (README): the demo's config against the recipe, on ORL's report splits (no choice was made on them)
-# and the sample; the recipe with ArcFace, the verification winner, on the sample. The demo config runs as it is
-# (with the decoded cache, which changes its speed, not its samples).
+# The headline (docs/recipes.md): the demo's config against the recipe, on ORL's report splits (no choice was made
+# on them) and the sample; the recipe with ArcFace, the verification winner, on the sample. The demo config runs as
+# it is (with the decoded cache, which changes its speed, not its samples).
 HEADLINE: dict[str, list[str]] = {
     "configs/demo.yaml": ["@configs/demo.yaml", "data.cache=true"],
     "configs/faces_cpu.yaml": [],
