@@ -68,8 +68,10 @@ from facenext.data.layout import find_layout, list_classes
 from facenext.data.sample import write_sample_competition
 from facenext.data.transforms import train_transform
 from facenext.device import amp_dtype, describe_device, precision_name, resolve_device
-from facenext.engine.skips import LossScaler
-from facenext.engine.train import StopRequest, Trainer, all_finite, grad_scaler
+from facenext.engine.run_state import all_finite
+from facenext.engine.skips import LossScaler, grad_scaler
+from facenext.engine.stop import StopRequest
+from facenext.engine.train import Trainer
 from facenext.errors import UserError
 from facenext.models import create_model
 

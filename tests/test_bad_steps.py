@@ -14,7 +14,9 @@ import torch
 
 from facenext.checkpoint import load_checkpoint
 from facenext.config import load_config
-from facenext.engine.train import StopRequest, Trainer, grad_scaler
+from facenext.engine.skips import grad_scaler
+from facenext.engine.stop import StopRequest
+from facenext.engine.train import Trainer
 from facenext.errors import UserError
 
 from .conftest import CONFIG, free_port, train_args

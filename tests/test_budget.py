@@ -10,7 +10,7 @@ import torch
 from facenext.checkpoint import load_checkpoint
 from facenext.config import budget_seconds, config_from_dict
 from facenext.engine.budget import BudgetPlanner
-from facenext.engine.train import build_scheduler
+from facenext.engine.schedule import build_scheduler
 
 from .conftest import CONFIG, assert_user_error, facenext, train_args
 

@@ -22,7 +22,7 @@ from facenext.data.datasets import FaceImages, image_folder, load_rgb
 from facenext.data.layout import find_layout, list_classes, list_images, read_labels
 from facenext.data.sample import write_sample_competition
 from facenext.data.transforms import BatchToModel, FaceAugment, _about_centre, colour_matrix, train_transform
-from facenext.engine.train import load_data
+from facenext.engine.loaders import load_data
 from facenext.errors import UserError
 
 from .conftest import ROOT, TINY_MODEL, TINY_TRAIN

@@ -11,7 +11,9 @@ from facenext.checkpoint import load_checkpoint, save_checkpoint
 from facenext.cli import main
 from facenext.config import load_config
 from facenext.device import amp_dtype, describe_device
-from facenext.engine.train import Trainer, build_scheduler, rng_state, set_rng_state
+from facenext.engine.run_state import rng_state, set_rng_state
+from facenext.engine.schedule import build_scheduler
+from facenext.engine.train import Trainer
 from facenext.losses import CosineClassifier
 
 from .conftest import CONFIG, train_args

@@ -1,5 +1,6 @@
 """Resumes that carry across machines: operational settings that change, an optimizer state from a non-fused AdamW,
-a position past the end of an epoch, and the augmentation device a run chose."""
+a position past the end of an epoch, the augmentation device a run chose, and checkpoints from before the dev score
+was named for what it holds."""
 
 import shutil
 
@@ -13,7 +14,10 @@ from facenext.cli import main
 from facenext.config import load_config
 from facenext.data.datasets import SeededSampler
 from facenext.data.device_augment import DeviceAugmentImages
-from facenext.engine.train import Trainer, load_data, parameter_groups
+from facenext.engine.average import average_checkpoints
+from facenext.engine.loaders import load_data
+from facenext.engine.run_state import epoch_score
+from facenext.engine.train import Trainer, parameter_groups
 from facenext.errors import UserError
 from facenext.run import RunDir
 
@@ -122,3 +126,25 @@ def test_the_augmentation_device_is_recorded_and_auto_keeps_it_on_resume(trained
     # Under torchrun every process takes process 0's choice: ``agree`` gives it, whatever this process chose.
     agreed = load_data(load_config(CONFIG, overrides(sample)), torch.device("cpu"), agree=lambda where: "gpu")
     assert agreed.augment_device == "gpu" and isinstance(agreed.train, DeviceAugmentImages)
+
+
+def test_a_run_written_with_the_old_score_names_resumes_and_averages(trained_run, sample, tmp_path):
+    run = copy_of(trained_run, tmp_path)
+    saved = load_checkpoint(run / "last.pt")
+    tops = {path: load_checkpoint(path) for path in RunDir(run).top_files()}
+    assert "best_acc" not in saved and all("dev_acc" not in top for top in tops.values())
+    # What FaceNext wrote before: the best dev score as "best_acc", each top-k epoch's as "dev_acc".
+    save_checkpoint(run / "last.pt", {("best_acc" if k == "best_score" else k): v for k, v in saved.items()})
+    for path, top in tops.items():
+        save_checkpoint(path, {("dev_acc" if k == "dev_score" else k): v for k, v in top.items()})
+
+    scores = sorted((score for score, _, _ in saved["top"]), reverse=True)
+    assert average_checkpoints(run)["dev_scores"] == scores and len(scores) == 3
+    trainer = Trainer(load_config(CONFIG, overrides(sample, "train.epochs=21")), run)
+    assert trainer.resume() and trainer.run_state.best_score == saved["best_score"] > 0.125  # 8 identities
+    summary = trainer.fit()  # a 21st epoch, ranked against the old scores
+    resumed = load_checkpoint(run / "last.pt")
+    assert resumed["best_score"] == summary["best_dev_score"] >= saved["best_score"] and "best_acc" not in resumed
+    kept = {name: score for score, _, name in resumed["top"]}
+    assert len(kept) == 3 and set(kept) == {p.name for p in RunDir(run).top_files()}
+    assert all(epoch_score(load_checkpoint(RunDir(run).top_dir / n)) == s for n, s in kept.items())

@@ -11,6 +11,7 @@ import torch
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import UserError
 from ..run import RunDir
+from .run_state import epoch_score
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[s
     """Mean of the top-k epoch weights kept in ``run/top/``; integer buffers come from the best epoch."""
     run = RunDir(run_dir)
     states = [load_checkpoint(p) for p in run.top_files()]
-    states.sort(key=lambda s: -s["dev_acc"])
+    states.sort(key=lambda s: -epoch_score(s))
     states = states[:top_k] if top_k else states
     if not states:
         raise UserError(f"{run.top_dir} holds no epoch checkpoints: train with train.keep_top_k > 0 first")
@@ -35,6 +36,6 @@ def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[s
         out,
         {"model": averaged, "epochs": epochs, "config": states[0]["config"], "classes": states[0]["classes"]},
     )
-    summary = {"run": str(run.path), "epochs": epochs, "dev_accs": [s["dev_acc"] for s in states]}
+    summary = {"run": str(run.path), "epochs": epochs, "dev_scores": [epoch_score(s) for s in states]}
     logger.info(f"wrote {out}: mean of epochs {', '.join(map(str, epochs))}")
     return summary

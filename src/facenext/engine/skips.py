@@ -87,3 +87,59 @@ def update_ema(ema: ModelEmaV3, model: nn.Module, step: int, applied: torch.Tens
     moves = torch._foreach_sub(model_values, ema_values)
     torch._foreach_mul_(moves, weight)
     torch._foreach_add_(ema_values, moves)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> LossScaler:
+    """fp16 needs loss scaling. In bf16 and fp32 the scale stays 1 (``update(1.0)``) and the scaler only does
+    what it does for fp16 too: skip a step whose gradients are not finite, decided on the device."""
+    if dtype == torch.float16:
+        return LossScaler(device.type)
+    return LossScaler(device.type, init_scale=1.0)
+
+
+def no_skips() -> dict[str, int]:
+    """Optimizer steps skipped, by cause: a non-finite loss in the group, or non-finite gradients of finite losses
+    (an fp16 overflow)."""
+    return {"non_finite": 0, "overflow": 0}
+
+
+def skip_counts(saved: int | dict[str, int]) -> dict[str, int]:
+    """``no_skips``'s counts from a checkpoint; older ones hold one number, of non-finite losses."""
+    return {**no_skips(), **saved} if isinstance(saved, dict) else {**no_skips(), "non_finite": saved}
+
+
+# A run stops when more than this share of an epoch's optimizer steps are skipped, once they number
+# train.max_bad_steps: such a run no longer trains as configured, even without a long run of bad steps.
+MAX_SKIPPED_SHARE = 0.25
+# Under fp16 the scale only falls on overflows: below 1, the gradients overflow fp16 even unscaled. The run has
+# diverged, and finite steps would soon round to zero.
+MIN_LOSS_SCALE = 1.0
+
+
+def bad_steps_problem(
+    worst_run: int,
+    skipped: dict[str, int],
+    *,
+    epoch: int,
+    step: int,
+    steps: int,
+    max_bad_steps: int,
+    fp16_scale: float | None,
+) -> str | None:
+    """Why the run must stop, read before anything is saved: ``max_bad_steps`` (``train.max_bad_steps``) non-finite
+    losses in a row (``worst_run``), more than MAX_SKIPPED_SHARE of the epoch's steps so far skipped (once
+    max_bad_steps or more), or an fp16 loss scale (None in bf16 and fp32) below MIN_LOSS_SCALE. ``epoch`` counts from
+    1; ``step`` counts the run's optimizer steps, ``steps`` the epoch's so far. Each process finds the same: the
+    counts and the scale follow agreed verdicts."""
+    where = f"by step {step} (epoch {epoch})"
+    if worst_run >= max_bad_steps:
+        return f"{max_bad_steps} non-finite losses in a row (train.max_bad_steps) {where}"
+    total = skipped["non_finite"] + skipped["overflow"]
+    if total >= max_bad_steps and total > MAX_SKIPPED_SHARE * steps:
+        return (
+            f"{total} of the {steps} steps of epoch {epoch} skipped ({skipped['non_finite']} non-finite losses, "
+            f"{skipped['overflow']} overflows): more than {MAX_SKIPPED_SHARE:.0%}, and train.max_bad_steps or more"
+        )
+    if fp16_scale is not None and fp16_scale < MIN_LOSS_SCALE:
+        return f"the fp16 loss scale fell to {fp16_scale:.3g} {where}, so the gradients overflow fp16 even unscaled"
+    return None
