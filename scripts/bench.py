@@ -1,10 +1,12 @@
-"""Throughput of the lean ConvNeXt on this machine: this project's model against the seed's and timm's.
+"""Throughput of the lean ConvNeXt on this machine: this project's model against timm's (and the seed's).
 
 Operational script, not library code. Every model is trained (AdamW step) and run for inference on random
 images at 112 and 224 px. The models take turns within each repetition (round-robin after a warm-up round),
-so the machine's drifting load hits them alike; the table reports medians.
+so the machine's drifting load hits them alike; the table reports medians. By default ours and timm's ConvNeXt
+run like for like: both channels-last, both with BatchNorm folded for inference (``--models`` adds the seed,
+timm's as an earlier version of this script ran it, NCHW and unfolded, and ours in NCHW).
 
-    .venv/bin/python scripts/bench.py --out benchmarks/results.md      # ~8 minutes on 2 CPU cores
+    .venv/bin/python scripts/bench.py --out benchmarks/results.md      # ~3 minutes on 2 CPU cores
     .venv/bin/python scripts/bench.py --quick                          # smoke run, seconds
 """
 
@@ -259,10 +261,10 @@ class Contender:
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         # Our inference path (facenext.inference.load_run) folds BatchNorm into the convolutions; timing needs no
         # trained weights, so a copy folded once stands for it.
-        self.infer_model = self.model
+        self.infer_model, self.folded = self.model, 0
         if fuse:
             self.infer_model = copy.deepcopy(self.model).eval()
-            fuse_batchnorm(self.infer_model)
+            self.folded = fuse_batchnorm(self.infer_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
         if compile_model:
             self.model, self.infer_model = torch.compile(self.model), torch.compile(self.infer_model)
@@ -283,15 +285,21 @@ class Contender:
         with torch.inference_mode(), autocast(self.device, self.dtype):  # as facenext.inference runs every model
             self.infer_model(self.prepare(x))
 
+    def setting(self) -> str:
+        """How this contender runs, for the report."""
+        layout = "channels-last" if self.channels_last else "NCHW (contiguous)"
+        folded = f"{self.folded} BatchNorms folded for inference" if self.folded else "nothing folded"
+        return f"{self.label}: {self.parameters:,} parameters, {layout}, {folded}"
 
-def build_contenders(device: torch.device, dtype: torch.dtype | None, compiled: bool) -> list[Contender]:
-    torch.manual_seed(0)
-    on = {"device": device, "dtype": dtype}
 
-    def ours() -> nn.Module:
-        return create_model("lean", NUM_CLASSES, drop_path_rate=DROP_PATH)
+def ours() -> nn.Module:
+    return create_model("lean", NUM_CLASSES, drop_path_rate=DROP_PATH)
 
-    timm_model = timm.models.convnext.ConvNeXt(
+
+def timm_lean() -> nn.Module:
+    """timm's ConvNeXt built as the lean model: BatchNorm, 1x1-conv MLP (channels-last needs no permute), no layer
+    scale. Its head keeps timm's norm after pooling, which ours leaves out (800 parameters more)."""
+    return timm.models.convnext.ConvNeXt(
         dims=(50, 175, 250, 400),
         depths=(6, 5, 4, 4),
         norm_layer=nn.BatchNorm2d,
@@ -300,16 +308,31 @@ def build_contenders(device: torch.device, dtype: torch.dtype | None, compiled: 
         num_classes=NUM_CLASSES,
         drop_path_rate=DROP_PATH,
     )
-    contenders = [
-        Contender("ours", "ours (channels-last)", ours(), channels_last=True, fuse=True, **on),
-        Contender("ours_nchw", "ours (contiguous)", ours(), channels_last=False, fuse=True, **on),
-        Contender("seed", "seed", Network(num_classes=NUM_CLASSES, drop_rate=DROP_PATH), channels_last=False, **on),
-        Contender("timm", "timm ConvNeXt", timm_model, channels_last=False, **on),
-    ]
+
+
+# key -> (label, model, channels-last, fold BatchNorm for inference). The first is the one ratios divide.
+CONTENDERS: dict[str, tuple[str, Callable[[], nn.Module], bool, bool]] = {
+    "ours": ("ours", ours, True, True),
+    "timm": ("timm ConvNeXt", timm_lean, True, True),
+    "timm_nchw": ("timm ConvNeXt (NCHW, unfolded)", timm_lean, False, False),
+    "ours_nchw": ("ours (NCHW)", ours, False, True),
+    "seed": ("seed", lambda: Network(num_classes=NUM_CLASSES, drop_rate=DROP_PATH), False, False),
+}
+DEFAULT_CONTENDERS = "ours,timm"
+
+
+def build_contenders(
+    device: torch.device, dtype: torch.dtype | None, keys: list[str], compiled: bool
+) -> list[Contender]:
+    torch.manual_seed(0)
+    on = {"device": device, "dtype": dtype}
+    contenders = []
+    for key in keys:
+        label, build, channels_last, fuse = CONTENDERS[key]
+        contenders.append(Contender(key, label, build(), channels_last, fuse, **on))
     if compiled:
-        contenders.append(
-            Contender("compiled", "ours (channels-last, torch.compile)", ours(), True, True, compile_model=True, **on)
-        )
+        label = "ours (channels-last, torch.compile)"
+        contenders.append(Contender("compiled", label, ours(), True, True, compile_model=True, **on))
     return contenders
 
 
@@ -330,7 +353,10 @@ def run(args: argparse.Namespace) -> str:
     DEVICE = device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    contenders = build_contenders(device, dtype, args.compile)
+    keys = args.models.split(",")
+    if keys[0] != "ours" or not set(keys) <= set(CONTENDERS):
+        raise SystemExit(f"--models {args.models}: ours first, then any of {', '.join(CONTENDERS)}")
+    contenders = build_contenders(device, dtype, keys, args.compile)
     # (label, mode, image size, batch)
     tasks = [
         ("train", args.small, args.train_batch),
@@ -338,6 +364,7 @@ def run(args: argparse.Namespace) -> str:
         ("train", args.large, args.train_batch_large),
         ("infer", args.large, args.infer_batch),
     ]
+    tasks = [task for task in tasks if task[1] > 0]  # --large 0: the small size only
     gen = torch.Generator().manual_seed(0)
     inputs = {
         (size, batch): (
@@ -367,6 +394,7 @@ def run(args: argparse.Namespace) -> str:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = {k: (min(v), max(v)) for k, v in times.items()}
+    others = contenders[1:]
     lines = [
         "# Throughput benchmark: lean ConvNeXt (7001 classes)",
         "",
@@ -374,30 +402,27 @@ def run(args: argparse.Namespace) -> str:
         f"- torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
         f"- CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}",
         f"- device: {device_name(device)}; autocast: {str(dtype).replace('torch.', '') if dtype else 'off (float32)'}",
+        f"- command: `python scripts/bench.py {' '.join(sys.argv[1:])}`",
         f"- {args.warmup} warm-up round(s) then {args.reps} repetitions, models interleaved round-robin in one "
         f"process, {args.iters} step(s) per measurement; medians in images/s (min-max in the second table); "
         f"total {total:.0f} s",
-        f"- training: forward + backward + AdamW step, cross-entropy, drop-path rate {DROP_PATH} for every model "
-        "(the seed as it wrote its schedule); inference: eval mode, inference_mode; "
-        "our model with BatchNorm folded into its convolutions, as `facenext predict` runs it",
-        "- parameters: " + ", ".join(f"{c.label} {c.parameters:,}" for c in contenders if c.key != "ours_nchw"),
+        f"- training: forward + backward + AdamW step, cross-entropy, drop-path rate {DROP_PATH} for every model, "
+        "in the memory format listed (BatchNorm cannot fold while training); inference: eval mode, inference_mode, "
+        "BatchNorm folded into the convolutions where listed (`facenext.models.fuse_batchnorm`, as `facenext "
+        "predict` runs our model)",
+        *(f"- {c.setting()}" for c in contenders),
         "",
-        "| task | ours (channels-last) | ours (contiguous) | seed | timm | ours/seed | ours/timm "
-        "| channels-last/contiguous |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | "
+        + " | ".join(c.label for c in contenders)
+        + " | "
+        + " | ".join(f"ours/{c.label}" for c in others)
+        + " |",
+        "|---|" + "---:|" * (len(contenders) + len(others)),
     ]
-    compiled = any(c.key == "compiled" for c in contenders)
-    if compiled:
-        lines[-2] += " compiled | compiled/ours |"
-        lines[-1] += "---:|---:|"
     for t, (mode, size, batch) in enumerate(tasks):
         m = {c.key: med[t, c.key] for c in contenders}
-        lines.append(
-            f"| {mode} {size} px, batch {batch} | {m['ours']:.1f} | {m['ours_nchw']:.1f} | {m['seed']:.1f} | "
-            f"{m['timm']:.1f} | {m['ours'] / m['seed']:.2f}x | {m['ours'] / m['timm']:.2f}x | "
-            f"{m['ours'] / m['ours_nchw']:.2f}x |"
-            + (f" {m['compiled']:.1f} | {m['compiled'] / m['ours']:.2f}x |" if compiled else "")
-        )
+        cells = [f"{m[c.key]:.1f}" for c in contenders] + [f"{m['ours'] / m[c.key]:.2f}x" for c in others]
+        lines.append(f"| {mode} {size} px, batch {batch} | " + " | ".join(cells) + " |")
     lines += ["", "Spread (min-max images/s over the repetitions):", ""]
     lines += ["| task | " + " | ".join(c.label for c in contenders) + " |", "|---|" + "---:|" * len(contenders)]
     for t, (mode, size, batch) in enumerate(tasks):
@@ -572,13 +597,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=1, help="steps per measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--small", type=int, default=112)
-    parser.add_argument("--large", type=int, default=224)
+    parser.add_argument("--large", type=int, default=224, help="0 leaves the large size out")
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-batch-large", type=int, default=16)
     parser.add_argument("--infer-batch", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (throughput)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (fp16 where unsupported) on CUDA")
     parser.add_argument("--compile", action="store_true", help="add our model under torch.compile (throughput)")
+    parser.add_argument(
+        "--models",
+        default=DEFAULT_CONTENDERS,
+        help=f"throughput: comma-separated, ours first, of {', '.join(CONTENDERS)} (default {DEFAULT_CONTENDERS}: "
+        "both channels-last, BatchNorm folded for inference)",
+    )
     parser.add_argument(
         "--section",
         choices=("throughput", "verify", "inference", "data"),

@@ -22,10 +22,10 @@ from facenext.losses import (
     resolve_config,
     scale_bound,
 )
-from facenext.models import create_model, fuse_batchnorm
+from facenext.models import create_model, embedding_size, fuse_batchnorm
 from facenext.run import RunDir
 
-from .conftest import ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext, train_args
+from .conftest import CONFIG, ROOT, TINY_MODEL, TINY_TRAIN, assert_user_error, facenext, train_args
 
 
 def logits_for(angles, scale):
@@ -173,11 +173,26 @@ def test_bn_neck_embedding_is_the_classifier_input_and_batch_independent_in_eval
     assert torch.allclose(model(x, return_feats=True), feats, atol=1e-4), "folding the trunk keeps the neck"
 
 
-def test_bn_neck_refuses_a_projection_and_timm_models():
+def test_bn_neck_refuses_a_projection():
     with pytest.raises(ValueError, match=r"model\.neck=none"):
         create_model("lean_nano", 5, embed_dim=16, neck="bn")
-    with pytest.raises(ValueError, match=r"model\.neck=none"):
-        create_model("timm:resnet18", 5, neck="bn")
+
+
+def test_a_timm_backbone_trains_with_arcface_and_a_bn_neck(sample, tmp_path):
+    """The face head is the same for every backbone: a timm model (refused ArcFace and the neck before) trains with
+    both, and its run's embedding is the neck's output at timm's feature size."""
+    run = tmp_path / "timm_arcface"
+    timm_convnext = ["model.name=timm:convnext_atto", "model.dims=[16,32,48,64]", "model.depths=[1,1,1,1]"]
+    args = ["train", CONFIG, "--out", run, f"data.root={sample}", *timm_convnext, *TINY_TRAIN, "train.epochs=2"]
+    assert main([str(a) for a in [*args, "train.loss=arcface", "model.neck=bn"]]) == 0
+    loss = pd.read_csv(run / "metrics.csv")["train_loss"]
+    assert len(loss) == 2 and loss.notna().all() and loss.iloc[-1] < loss.iloc[0], list(loss)
+    model = RunDir(run).load_model()
+    assert isinstance(model.head.fc, CosineClassifier) and isinstance(model.head.neck, torch.nn.BatchNorm1d)
+    with torch.no_grad():
+        feats = model(torch.rand(4, 3, 48, 48), return_feats=True)
+    assert feats.shape == (4, 64) and torch.isfinite(feats).all()
+    assert embedding_size(load_config(run / "config.yaml")) == 64
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,12 @@
 import pytest
 import timm
 import torch
+from torch import nn
 
+from facenext.engine.train import parameter_groups
 from facenext.models import ConvNeXt, count_parameters, create_model, fuse_batchnorm, load_timm_state_dict
+
+from .conftest import assert_same_tensors
 
 
 def test_lean_matches_the_seed_parameter_count():
@@ -90,3 +94,100 @@ def test_folding_batchnorm_keeps_the_function():
         assert torch.allclose(model(x), expected, atol=1e-4, rtol=1e-4)
         assert torch.allclose(model(x, return_feats=True), feats, atol=1e-4, rtol=1e-4)
     assert fuse_batchnorm(create_model("tiny", num_classes=5).eval()) == 0
+
+
+def test_folding_batchnorm_of_timms_convnext_keeps_the_function():
+    torch.manual_seed(0)
+    model = timm.models.convnext.ConvNeXt(
+        dims=(8, 16, 24, 32),
+        depths=(1, 1, 1, 1),
+        norm_layer=nn.BatchNorm2d,
+        conv_mlp=True,
+        ls_init_value=None,
+        num_classes=5,
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        assert fuse_batchnorm(model) == 1 + 3 + 4, "stem, downsampling, blocks; the head's norm stays"
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+# --- checkpoints written before the face head was its own module ---------------------------------------------------
+
+# The state dicts of two tiny in-house models (5 classes, dims (8,), depths (1,)) as the code before the split wrote
+# them, "name:shape": the paper's norm with a projection (model.embed_dim=4), and the lean model with a BN neck.
+OLD_TINY_PROJECTED = (
+    "stem.0.weight:8x3x4x4 stem.0.bias:8 stem.1.weight:8 stem.1.bias:8 stages.0.blocks.0.gamma:8 "
+    "stages.0.blocks.0.conv_dw.weight:8x1x7x7 stages.0.blocks.0.conv_dw.bias:8 stages.0.blocks.0.norm.weight:8 "
+    "stages.0.blocks.0.norm.bias:8 stages.0.blocks.0.mlp.fc1.weight:32x8x1x1 stages.0.blocks.0.mlp.fc1.bias:32 "
+    "stages.0.blocks.0.mlp.fc2.weight:8x32x1x1 stages.0.blocks.0.mlp.fc2.bias:8 head.norm.weight:8 head.norm.bias:8 "
+    "head.embed.0.weight:4x8 head.embed.1.weight:4 head.embed.1.bias:4 head.embed.1.running_mean:4 "
+    "head.embed.1.running_var:4 head.embed.1.num_batches_tracked: head.fc.weight:5x4 head.fc.bias:5"
+)
+OLD_LEAN_BN_NECK = (
+    "stem.0.weight:8x3x4x4 stem.0.bias:8 stem.1.weight:8 stem.1.bias:8 stem.1.running_mean:8 stem.1.running_var:8 "
+    "stem.1.num_batches_tracked: stages.0.blocks.0.conv_dw.weight:8x1x7x7 stages.0.blocks.0.conv_dw.bias:8 "
+    "stages.0.blocks.0.norm.weight:8 stages.0.blocks.0.norm.bias:8 stages.0.blocks.0.norm.running_mean:8 "
+    "stages.0.blocks.0.norm.running_var:8 stages.0.blocks.0.norm.num_batches_tracked: "
+    "stages.0.blocks.0.mlp.fc1.weight:32x8x1x1 stages.0.blocks.0.mlp.fc1.bias:32 "
+    "stages.0.blocks.0.mlp.fc2.weight:8x32x1x1 stages.0.blocks.0.mlp.fc2.bias:8 head.neck.weight:8 head.neck.bias:8 "
+    "head.neck.running_mean:8 head.neck.running_var:8 head.neck.num_batches_tracked: head.fc.weight:5x8"
+)
+
+
+def old_state_dict(layout: str) -> dict[str, torch.Tensor]:
+    """Random weights under the names and shapes of ``layout`` (positive variances, integer batch counts)."""
+    state = {}
+    for entry in layout.split():
+        name, shape = entry.split(":")
+        size = [int(n) for n in shape.split("x")] if shape else []
+        state[name] = torch.tensor(7) if name.endswith("num_batches_tracked") else torch.rand(size) + 0.5
+    return state
+
+
+@pytest.mark.parametrize(
+    ("layout", "options"),
+    [(OLD_TINY_PROJECTED, {"name": "tiny", "embed_dim": 4}), (OLD_LEAN_BN_NECK, {"name": "lean_nano", "neck": "bn"})],
+)
+def test_in_house_checkpoints_of_the_old_layout_load(layout, options):
+    state = old_state_dict(layout)
+    model = create_model(num_classes=5, dims=(8,), depths=(1,), **options).eval()
+    model.load_state_dict(state)  # strict: every name is still where it was
+    assert_same_tensors(model.state_dict(), state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model(x, return_feats=True)
+        assert feats.shape == (2, model.embed_dim) and torch.allclose(model.head.fc(feats), model(x))
+
+
+def test_timm_checkpoints_of_the_old_layout_load():
+    """The timm wrapper before the split held the whole timm classifier as ``model``: that is its state dict."""
+    torch.manual_seed(0)
+    old = nn.Module()
+    old.model = timm.create_model("resnet10t", pretrained=False, num_classes=5)
+    old.eval()
+    model = create_model("timm:resnet10t", num_classes=5).eval()
+    model.load_state_dict(old.state_dict())
+    assert torch.equal(model.head.fc.weight, old.model.fc.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), old.model(x), atol=1e-5)
+        assert torch.allclose(model(x, return_feats=True), old.model.forward_head(old.model.forward_features(x), True))
+
+
+def test_parameter_groups_follow_timm_and_keep_two_groups_decayed_first():
+    vit = create_model("timm:vit_tiny_patch16_224", num_classes=5, img_size=32, depth=1)
+    decay, no_decay = parameter_groups(vit, 0.05)
+    names = {id(p): name for name, p in vit.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"backbone.pos_embed", "backbone.cls_token", "head.fc.bias"} <= skipped, "timm's no_weight_decay()"
+    assert all(p.ndim > 1 for p in decay["params"]) and (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0)
+    ours = create_model("lean_nano", num_classes=5, dims=(8,), depths=(1,))
+    without = parameter_groups(ours, 0.0)
+    assert [len(g["params"]) for g in without] == [5, 9], "no decay still makes the two groups checkpoints hold"

@@ -40,7 +40,7 @@ def test_an_identity_ensemble_of_one_run_twice_is_that_run(trained_run, tmp_path
     summary, alone = json.loads(out.with_suffix(".json").read_text()), json.loads((single / "verify.json").read_text())
     assert summary["dev_accuracy"] == pytest.approx(alone["dev_accuracy"], abs=1e-6)
     assert summary["threshold"] == pytest.approx(alone["threshold"], abs=1e-6)
-    assert summary["scoring"] == "plain cosine" and summary["task"] == "verification"
+    assert summary["scoring"] == alone["scoring"]["chosen"] and summary["task"] == "verification"
 
 
 def test_a_pair_ensemble_of_one_run_twice_is_that_run(f24_run, tmp_path):

@@ -48,7 +48,7 @@ class ModelConfig:
     drop_rate: float = 0.0  # dropout before the classifier
     # The verification embedding, which the classifier takes as input: the pooled features (both null/none), a
     # projection to embed_dim (Linear + BatchNorm1d), or neck: bn, the pooled features through a BatchNorm1d with a
-    # frozen zero bias (BNNeck, Luo et al. 2019). ConvNeXt variants only.
+    # frozen zero bias (BNNeck, Luo et al. 2019). The face head is the same on timm:<name> backbones.
     embed_dim: int | None = None
     neck: str = "none"
     init_std: float = 0.02  # truncated-normal init std (the seed's notebook used 0.2)

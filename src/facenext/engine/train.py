@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from timm.data import Mixup
+from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -50,10 +51,16 @@ logger = logging.getLogger(__name__)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on norms, biases and layer scales (every parameter with fewer than two dimensions)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """timm's split: no weight decay on norms, biases, layer scales (1-D) and what ``model.no_weight_decay()`` names
+    (a ViT's position embedding). Always two groups, decayed first, as every checkpoint's optimizer state has them
+    (timm's function leaves empty groups out and makes one group when the decay is 0)."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=skip)  # any decay > 0: the split
+    split = {g["weight_decay"] > 0: g["params"] for g in groups}
+    return [
+        {"params": split.get(True, []), "weight_decay": weight_decay},
+        {"params": split.get(False, []), "weight_decay": 0.0},
+    ]
 
 
 class Trainer:

@@ -1,11 +1,15 @@
-"""Models: the ConvNeXt family and a factory that also builds timm backbones."""
+"""Models: a backbone (the ConvNeXt family or any timm model) plus the face head, and a factory for both."""
 
 from .convnext import VARIANTS, ConvNeXt, fuse_batchnorm, load_timm_state_dict
-from .factory import count_parameters, create_model, embedding_size, model_from_config
+from .factory import TimmFaceModel, count_parameters, create_model, embedding_size, model_from_config
+from .head import FaceHead, FaceModel
 
 __all__ = [
     "VARIANTS",
     "ConvNeXt",
+    "FaceHead",
+    "FaceModel",
+    "TimmFaceModel",
     "count_parameters",
     "create_model",
     "embedding_size",

@@ -14,22 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d
+from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from torch import nn
 
-from ..losses import CosineClassifier
+from .head import FaceHead, FaceModel, init_linear
 
-__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtSpec", "LayerNorm2d", "load_timm_state_dict"]
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channel dimension of an NCHW tensor (the paper's "channels_first" LayerNorm)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtSpec", "load_timm_state_dict"]
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -80,69 +71,6 @@ class Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class Head(nn.Module):
-    """Global average pool -> optional norm -> embedding (pooled, projected or BN-neck) -> classifier.
-
-    The embedding ``features`` returns is the classifier's input, so the cosine classifier of a margin loss shapes
-    exactly the vectors that verification compares.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        num_classes: int,
-        norm: str | None,
-        embed_dim: int | None,
-        drop: float,
-        classifier: str = "linear",
-        cosine_scale: float = 30.0,
-        neck: str = "none",
-    ) -> None:
-        super().__init__()
-        if neck not in NECKS:
-            raise ValueError(f"unknown neck {neck!r}: use {' or '.join(NECKS)}")
-        if neck != "none" and embed_dim:
-            raise ValueError("model.embed_dim's projection already ends in BatchNorm1d: set model.neck=none with it")
-        self.norm = make_norm(norm, in_dim) if norm else nn.Identity()
-        # A projection gives verification a compact embedding; its BatchNorm1d makes cosine similarity behave well.
-        self.embed = (
-            nn.Sequential(nn.Linear(in_dim, embed_dim, bias=False), nn.BatchNorm1d(embed_dim)) if embed_dim else None
-        )
-        self.neck = bn_neck(in_dim) if neck == "bn" else None
-        self.embed_dim = embed_dim or in_dim
-        self.drop = nn.Dropout(drop)
-        if num_classes <= 0:
-            self.fc = nn.Identity()
-        elif classifier == "cosine":  # for margin losses (facenext.losses)
-            self.fc = CosineClassifier(self.embed_dim, num_classes, cosine_scale)
-        elif classifier == "linear":
-            # BNNeck's classifier has no bias: the neck centres the features, and the paper drops it.
-            self.fc = nn.Linear(self.embed_dim, num_classes, bias=self.neck is None)
-        else:
-            raise ValueError(f"unknown classifier {classifier!r}: use linear or cosine")
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1)
-        if self.embed is not None:
-            x = self.embed(x)
-        return self.neck(x) if self.neck is not None else x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.features(x)))
-
-
-NECKS = ("none", "bn")
-
-
-def bn_neck(dim: int) -> nn.BatchNorm1d:
-    """BNNeck (Luo et al. 2019, "Bag of tricks and a strong baseline for deep person re-identification"): a
-    BatchNorm1d whose bias stays zero, so that the normalised features stay centred on the origin, where cosine
-    similarity separates them best; verification uses its output (running statistics in eval mode)."""
-    bn = nn.BatchNorm1d(dim)
-    bn.bias.requires_grad_(False)
-    return bn
-
-
 @dataclass(frozen=True)
 class ConvNeXtSpec:
     """The architecture of one variant; every field can be overridden from a config's ``model`` section."""
@@ -176,8 +104,11 @@ VARIANTS: dict[str, ConvNeXtSpec] = {
 }
 
 
-class ConvNeXt(nn.Module):
-    """A ConvNeXt classifier whose penultimate features serve as face embeddings.
+class ConvNeXt(FaceModel):
+    """A ConvNeXt trunk (stem and stages) with the face head (``FaceHead``): its embedding serves verification.
+
+    Parameter names are those of every checkpoint this project wrote (``stem.*``, ``stages.*``, ``head.*``), which
+    are also timm's ``ConvNeXt`` names.
 
     Args:
         num_classes: identities to classify; 0 builds a pure embedding network.
@@ -235,27 +166,17 @@ class ConvNeXt(nn.Module):
             stages.append(Stage(down, blocks))
             first += depth
         self.stages = nn.Sequential(*stages)
-        self.head = Head(
-            dims[-1], num_classes, norm if head_norm else None, embed_dim, drop_rate, classifier, cosine_scale, neck
+        self.num_features = dims[-1]
+        head_norm_layer = make_norm(norm, dims[-1]) if head_norm else None
+        self.head = FaceHead(
+            dims[-1], num_classes, head_norm_layer, embed_dim, drop_rate, classifier, cosine_scale, neck
         )
-        self.embed_dim = self.head.embed_dim
         self.init_std = init_std
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(module.weight, std=self.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(lambda module: init_linear(module, init_std))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map."""
         return self.stages(self.stem(x))
-
-    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor:
-        """Logits, or with ``return_feats`` the embedding: the classifier's input (pooled, projected or BN-neck)."""
-        x = self.forward_features(x)
-        return self.head.features(x) if return_feats else self.head(x)
 
 
 def load_timm_state_dict(model: ConvNeXt, state_dict: dict[str, torch.Tensor]) -> None:
@@ -297,27 +218,38 @@ def _fold_before(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
     conv.weight.mul_(scale.view(1, -1, 1, 1))
 
 
+def _convnext_trunk(model: nn.Module) -> nn.Module | None:
+    """Ours or timm's ConvNeXt (the same module names), on its own or as a face model's backbone; else None."""
+    for candidate in (model, getattr(model, "backbone", None)):
+        if isinstance(candidate, (ConvNeXt, TimmConvNeXt)):
+            return candidate
+    return None
+
+
 def fuse_batchnorm(model: nn.Module) -> int:
-    """Fold every BatchNorm of a BatchNorm ConvNeXt (the lean variant) into its convolution, for inference.
+    """Fold every BatchNorm of a BatchNorm ConvNeXt (the lean variant, or timm's ConvNeXt built with BatchNorm2d and
+    ``conv_mlp``) into its convolution, for inference.
 
     The model must be in eval mode and is changed in place; it computes the same function with about a fifth fewer
-    memory passes. The head's BatchNorm1d (projection or neck) stays: its output is the embedding. Returns how
-    many norms were folded (0 for LayerNorm variants and other models).
+    memory passes. The head's norms stay (the face head's BatchNorm1d gives the embedding). Returns how many norms
+    were folded (0 for LayerNorm variants and other models).
     """
-    if not isinstance(model, ConvNeXt) or model.training:
+    trunk = _convnext_trunk(model)
+    if trunk is None or model.training:
         return 0
     folded = 0
-    if isinstance(model.stem[1], nn.BatchNorm2d):
-        _fold_after(model.stem[0], model.stem[1])
-        model.stem[1] = nn.Identity()
+    if isinstance(trunk.stem, nn.Sequential) and len(trunk.stem) == 2 and isinstance(trunk.stem[1], nn.BatchNorm2d):
+        _fold_after(trunk.stem[0], trunk.stem[1])
+        trunk.stem[1] = nn.Identity()
         folded += 1
-    for stage in model.stages:
+    for stage in trunk.stages:
         if isinstance(stage.downsample, nn.Sequential) and isinstance(stage.downsample[0], nn.BatchNorm2d):
             _fold_before(stage.downsample[0], stage.downsample[1])
             stage.downsample[0] = nn.Identity()
             folded += 1
         for block in stage.blocks:
-            if isinstance(block.norm, nn.BatchNorm2d):
+            # timm's block without conv_mlp normalises channels-last tensors after a permute: nothing to fold there.
+            if isinstance(block.norm, nn.BatchNorm2d) and getattr(block, "use_conv_mlp", True):
                 _fold_after(block.conv_dw, block.norm)
                 block.norm = nn.Identity()
                 folded += 1
