@@ -3,10 +3,13 @@ import timm
 import torch
 from torch import nn
 
+from facenext.checkpoint import load_checkpoint, save_checkpoint
+from facenext.cli import main
 from facenext.engine.train import parameter_groups
 from facenext.models import ConvNeXt, count_parameters, create_model, fuse_batchnorm, load_timm_state_dict
+from facenext.run import RunDir
 
-from .conftest import assert_same_tensors
+from .conftest import assert_same_tensors, facenext, train_args
 
 
 def test_lean_matches_the_seed_parameter_count():
@@ -191,3 +194,30 @@ def test_parameter_groups_follow_timm_and_keep_two_groups_decayed_first():
     ours = create_model("lean_nano", num_classes=5, dims=(8,), depths=(1,))
     without = parameter_groups(ours, 0.0)
     assert [len(g["params"]) for g in without] == [5, 9], "no decay still makes the two groups checkpoints hold"
+
+
+def test_a_timm_run_saved_before_the_head_split_averages_and_starts_another(sample, tmp_path):
+    """``facenext average`` and ``train.init_from`` match weights by name: an old timm run's ``model.*`` names are
+    renamed as loading renames them (a run resumed across the split keeps top files of both layouts)."""
+    run = tmp_path / "timm"
+    timm_model = ["model.name=timm:convnext_atto", "model.dims=[8,16,24,32]", "model.depths=[1,1,1,1]"]
+    assert main(train_args(sample, run, *timm_model, "train.epochs=2", "train.keep_top_k=2")) == 0
+    tops = RunDir(run).top_files()
+    new = load_checkpoint(tops[0])["model"]
+
+    def old_name(key: str) -> str:  # the wrapper held timm's whole model, classifier included, as ``model``
+        return "model." + key.removeprefix("backbone.")
+
+    old = {old_name(k): v for k, v in new.items()}
+    assert set(old) != set(new)
+    save_checkpoint(tops[0], {**load_checkpoint(tops[0]), "model": old})
+    assert main(["average", str(run)]) == 0
+    averaged = load_checkpoint(run / "averaged.pt")["model"]
+    other = load_checkpoint(tops[1])["model"]
+    assert set(averaged) == set(new) and torch.allclose(
+        averaged["head.fc.weight"], (new["head.fc.weight"] + other["head.fc.weight"]) / 2
+    )
+    second = tmp_path / "second"
+    args = train_args(sample, second, *timm_model, "train.epochs=1", f"train.init_from={tops[0]}")
+    result = facenext(*args)
+    assert result.returncode == 0 and f"initialised {len(new)} of {len(new)} tensors" in result.stdout, result.stderr

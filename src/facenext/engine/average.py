@@ -10,6 +10,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import UserError
+from ..models import current_weights, model_from_config
 from ..run import RunDir
 from .run_state import epoch_score
 
@@ -24,6 +25,11 @@ def average_checkpoints(run_dir: str | Path, top_k: int | None = None) -> dict[s
     states = states[:top_k] if top_k else states
     if not states:
         raise UserError(f"{run.top_dir} holds no epoch checkpoints: train with train.keep_top_k > 0 first")
+    if len({frozenset(s["model"]) for s in states}) > 1:  # a timm run resumed across the face head's split
+        with torch.device("meta"):  # only the names are needed: no memory, no weights
+            model = model_from_config(run.config(), len(run.classes()))
+        for s in states:
+            s["model"] = current_weights(model, s["model"])
     averaged = {}
     for name, best in states[0]["model"].items():
         if best.is_floating_point():

@@ -31,7 +31,7 @@ from ..data.device_augment import batch_to_model
 from ..device import amp_dtype, autocast, resolve_device
 from ..errors import UserError
 from ..losses import build_loss, describe, resolve_config
-from ..models import count_parameters, embedding_size, model_from_config
+from ..models import count_parameters, current_weights, embedding_size, model_from_config
 from ..run import RunDir
 from ..scoring import TermScorer
 from .budget import BudgetPlanner
@@ -173,7 +173,7 @@ class Trainer:
         """
         path = RunDir(run).weights_file("best") if run.is_dir() else run
         checkpoint = load_checkpoint(path)
-        state, own = checkpoint["model"], self.model.state_dict()
+        state, own = current_weights(self.model, checkpoint["model"]), self.model.state_dict()
         compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         same_classes = checkpoint.get("classes") in (None, self.data.classes)
         if not same_classes:

@@ -79,6 +79,15 @@ def _legacy_keys(module: TimmFaceModel, state_dict: dict[str, torch.Tensor], pre
             state_dict[f"{prefix}backbone.{key[len(old) :]}"] = state_dict.pop(key)
 
 
+def current_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` under the names ``model`` has today: weights a timm run saved before the face head was apart
+    renamed, for code that matches names itself (``train.init_from``, ``facenext average``) rather than loading."""
+    state = dict(state)
+    if isinstance(model, TimmFaceModel):
+        _legacy_keys(model, state, "")
+    return state
+
+
 def timm_feature_size(backbone: nn.Module) -> int:
     """The size of timm's pooled features (``forward_head(pre_logits=True)``)."""
     return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
