@@ -367,7 +367,8 @@ class SampleFormat(SubmissionFormat):
 FORMATS: dict[str, type[SubmissionFormat]] = {
     f.name: f for f in (ClassificationFormat, IdentityFormat, PairFormat, CombinedRowsFormat)
 }
-COMBINED_FORMATS = ("cls+ver-rows", "sample")
+# The formats that write both parts of a combined (F26) file: the only ones such a competition takes
+COMBINED_FORMATS = (CombinedRowsFormat.name, SampleFormat.name)
 
 
 def submission_record(file: str | Path) -> dict:
