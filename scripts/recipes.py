@@ -805,7 +805,27 @@ def celeba_tables(rows: list[dict]) -> str:
             cells = [f"**{variant}**", f"mean of {len(rs)}", *(mean_sd([r.get(k) for r in rs]) for k in keys), ""]
             lines.append("| " + " | ".join(cells) + " |")
         text.append("\n".join(lines) + "\n")
+    text.append(auto_table(rows))
     return "\n".join(text)
+
+
+def auto_table(rows: list[dict]) -> str:
+    """Whether verify's scoring chosen on dev held on test: for each run, what was chosen and its gain over plain
+    cosine on dev (where it was chosen) and on test (known/unknown accuracy: higher is better; pair EER: lower)."""
+
+    def gain(r: dict, better: str, worse: str, sign: int = 1) -> str:
+        return f"{sign * (r[better] - r[worse]):+.3f}" if r.get(better) is not None else "-"
+
+    head = "| variant | split | known/unknown: chosen | gain on dev | gain on test | pairs: chosen | EER gain on dev |"
+    head += " EER gain on test |"
+    lines = ["### celeba: verify's auto scoring, chosen on dev, on test", "", head, "|" + "---|" * head.count(" |")]
+    for r in sorted(rows, key=lambda r: (r["variant"], r["split"] >= 100, r["split"])):
+        cells = [r["variant"], str(r["split"]), r.get("ver_auto_chosen", "-")]
+        cells += [gain(r, "ver_dev_acc_auto", "ver_dev_acc_plain"), gain(r, "ver_test_acc_auto", "ver_test_acc_plain")]
+        cells += [r["pair_auto_chosen"], gain(r, "pair_dev_eer_plain", "pair_dev_eer_auto")]
+        cells.append(gain(r, "pair_test_eer_plain", "pair_test_eer_auto"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def ensemble_table(rows: list[dict]) -> str:
