@@ -8,6 +8,10 @@ Datasets (written once under --work):
   images, 15 verification identities): classification dev accuracy and known/unknown matching on unknown_dev.
 - ``orlver``: ORL as an F23 competition (30 classification identities, 10 for verification), for the losses and
   embeddings comparisons (pair EER and known/unknown accuracy on people never trained on).
+- ``celeba``: real in-the-wild faces (../shared/data/celeba_faces, 253 people, 112 px) as an F23 competition per split
+  seed (``celeba_split``): 158 people classified (15 training photos each), the other 95 never trained on, for
+  known/unknown matching and for F24-style pairs (``answers/pairs_unknown_{dev,test}.txt``). One run gives all three
+  test numbers (``celeba_metrics``); ``eigenfaces`` measures the classic baseline on the same splits.
 
 Each trial trains ``configs/faces_cpu.yaml`` with the variant's overrides and appends one JSON line to --results
 as soon as it ends; a trial already in the file is skipped, so an interrupted sweep continues where it stopped and
@@ -15,6 +19,8 @@ sweeps from several machines can share one file. Trials run in parallel processe
 
     python scripts/recipes.py run --grid ablations --jobs 2 --results benchmarks/recipes.jsonl
     python scripts/recipes.py report benchmarks/recipes.jsonl --out benchmarks/recipes_tables.md
+    python scripts/recipes.py eigenfaces --results benchmarks/celeba.jsonl         # every celeba split, minutes
+    python scripts/recipes.py run --grid celeba --splits report --split-seeds 0 1 2 --results benchmarks/celeba.jsonl
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 ORL = ROOT.parent / "shared" / "data" / "orl_faces"
+CELEBA = ROOT.parent / "shared" / "data" / "celeba_faces"
 CONFIG = ROOT / "configs" / "faces_cpu.yaml"
 SELECTION_SPLITS = (100, 101, 102)
 REPORT_SPLITS = (0, 1, 2, 3, 4)
@@ -143,7 +150,10 @@ HEADLINE: dict[str, list[str]] = {
     "configs/faces_cpu.yaml": [],
 }
 HEADLINE_VER: dict[str, list[str]] = {"configs/faces_cpu.yaml, train.loss=arcface": ARC}
+# Real faces (issue 26): today's recipe for 20 minutes (as the issue measured it), all three numbers from one run.
+CELEBA_GRID: dict[str, list[str]] = {"configs/faces_cpu.yaml, 20 min": ["train.budget=20m"]}
 GRIDS = {
+    "celeba": (CELEBA_GRID, ("celeba",)),
     "headline": (HEADLINE, ("orl70", "sample")),
     "headline_ver": (HEADLINE_VER, ("sample",)),
     "ablations": (ABLATIONS, ("orl70", "sample")),
@@ -183,6 +193,94 @@ def orl70(out: Path, split_seed: int, orl: Path) -> Path:
     return out
 
 
+# Real faces (issue 26): F23-style classification and known/unknown matching, and F24-style pairs, from one split.
+CELEBA_CLASSES = 158  # people classified (as issue 26 measured): the other 95 are never trained on
+CELEBA_TRAIN = 15  # training photos per classified person; the rest of theirs are split between dev and test
+CELEBA_MIN_EVAL = 5  # a classified person keeps at least this many photos for dev and test (202 people have 20+)
+PAIR_FILES = {"unknown_dev": "pairs_unknown_dev.txt", "unknown_test": "pairs_unknown_test.txt"}
+
+
+def celeba_split(source, seed: int, classes: int = CELEBA_CLASSES, per_class: int = CELEBA_TRAIN):
+    """A ``Split`` of a folder-per-identity source (identities already shuffled by ``seed``), and the identity of
+    each ``unknown_dev`` and ``unknown_test`` image (for the pairs: people never known are ``n000000`` in the
+    competition's own labels).
+
+    The first ``classes`` people with at least ``per_class + CELEBA_MIN_EVAL`` photos are classified: ``per_class``
+    photos to train, the rest halved between dev and test. Everyone else is for verification, never trained on: a
+    fifth of them are never in ``known/`` (their photos must be answered with no match), the others have one
+    ``known/`` photo; the rest of their photos are halved between ``unknown_dev`` and ``unknown_test``."""
+    from facenext.data.sample import Split
+
+    rng = np.random.default_rng(seed)
+    photos = {name: [makers[i] for i in rng.permutation(len(makers))] for name, makers in source.images.items()}
+    eligible = [n for n, m in photos.items() if len(m) >= per_class + CELEBA_MIN_EVAL]
+    if len(eligible) < classes:
+        raise SystemExit(f"only {len(eligible)} people have {per_class + CELEBA_MIN_EVAL}+ photos: {classes} wanted")
+    classified = eligible[:classes]
+    verification = [n for n in photos if n not in classified]
+    split = Split({}, {}, [], {}, [], [])
+    for name in classified:
+        rest = photos[name][per_class:]
+        split.train[name] = photos[name][:per_class]
+        split.dev[name] = rest[: len(rest) // 2]
+        split.test += [(name, m) for m in rest[len(rest) // 2 :]]
+    never_known = set(verification[: max(1, len(verification) // 5)])
+    for name in verification:
+        mine = photos[name]
+        if name not in never_known:
+            split.known[name], mine = mine[0], mine[1:]
+        split.unknown_dev += [(name, m) for m in mine[: len(mine) // 2]]
+        split.unknown_test += [(name, m) for m in mine[len(mine) // 2 :]]
+    for items in (split.test, split.unknown_dev, split.unknown_test):  # flat folders: no identity in the order
+        items[:] = [items[i] for i in rng.permutation(len(items))]
+    owners = {part: [n for n, _ in getattr(split, part)] for part in PAIR_FILES}
+    return split, owners
+
+
+def pair_list(owners: list[str], rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """F24-style pairs of a split's images (by position): every genuine pair, and as many impostor pairs drawn at
+    random without repeats; shuffled."""
+    by_owner: dict[str, list[int]] = defaultdict(list)
+    for i, owner in enumerate(owners):
+        by_owner[owner].append(i)
+    genuine = [(a, b, 1) for idx in by_owner.values() for j, a in enumerate(idx) for b in idx[j + 1 :]]
+    impostor: set[tuple[int, int]] = set()
+    while len(impostor) < len(genuine):
+        a, b = sorted(int(i) for i in rng.choice(len(owners), 2, replace=False))
+        if owners[a] != owners[b]:
+            impostor.add((a, b))
+    pairs = genuine + [(a, b, 0) for a, b in sorted(impostor)]
+    return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
+def celeba(out: Path, split_seed: int, folder: Path = CELEBA, classes: int = CELEBA_CLASSES) -> Path:
+    """The celeba competition of ``split_seed`` at 112 px (F23 layout), with its pair lists beside the answer keys:
+    ``answers/pairs_unknown_<dev|test>.txt``, lines ``<image> <image> <1 genuine | 0 impostor>``, file names in the
+    split's flat folder. The photos are re-encoded as they are (112 x 112 crops): no resizing."""
+    from facenext.competitions import get_term
+    from facenext.data.sample import folder_source, write_split_competition
+
+    split, owners = celeba_split(folder_source(folder, None, split_seed), split_seed, classes)
+    write_split_competition(out, get_term("f23"), split, split_seed)
+    rng = np.random.default_rng([split_seed, 24])
+    for part, file_name in PAIR_FILES.items():
+        # write_split_competition names a flat split's images by position: 000000.jpg, 000001.jpg, ...
+        lines = [f"{a:06d}.jpg {b:06d}.jpg {y}\n" for a, b, y in pair_list(owners[part], rng)]
+        (out / "answers" / file_name).write_text("".join(lines))
+    return out
+
+
+def read_pair_list(data: Path, part: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """A celeba split's pairs: the distinct images (file names, sorted), each pair's two positions among them, and
+    the labels."""
+    rows = [line.split() for line in (data / "answers" / PAIR_FILES[part]).read_text().splitlines()]
+    files = sorted({f for a, b, _ in rows for f in (a, b)})
+    where = {f: i for i, f in enumerate(files)}
+    first = np.array([where[a] for a, _, _ in rows])
+    second = np.array([where[b] for _, b, _ in rows])
+    return files, first, second, np.array([int(y) for _, _, y in rows])
+
+
 def dataset(work: Path, name: str, split: int, orl: Path = ORL) -> Path:
     from facenext.data.sample import write_sample_competition
 
@@ -191,6 +289,8 @@ def dataset(work: Path, name: str, split: int, orl: Path = ORL) -> Path:
         return out
     if name == "orl70":
         return orl70(out, split, orl)
+    if name == "celeba":
+        return celeba(out, split)
     if name == "sample":
         write_sample_competition(out)  # make demo's competition: 30 + 15 identities, 30 images each, 112 px
     elif name == "orlver":
@@ -271,7 +371,10 @@ def run_trial(t: dict, work: str, config: str, threads: int) -> dict:
             last = out
         train_s = time.perf_counter() - tic
     verified = None
-    if code == 0 and t["dataset"] != "orl70":
+    if code == 0 and t["dataset"] == "celeba":
+        verified = celeba_metrics(run, data)
+        code = 0 if verified is not None else 1
+    elif code == 0 and t["dataset"] != "orl70":
         verified = verification_metrics(run)
         code = 0 if verified is not None else 1
     result = {**t, "key": trial_key(t), "exit": code, "wall_s": round(time.perf_counter() - tic, 1)}
@@ -331,6 +434,162 @@ def reverify(args: argparse.Namespace) -> None:
         with Path(args.out).open("a") as f:
             f.write(json.dumps(r) + "\n")
         print(r["key"], {k: v for k, v in r.items() if "_qe" in k or "_rr" in k}, flush=True)
+
+
+# --- real faces: one run's three test numbers, and eigenfaces on the same splits --------------------------------
+def pair_numbers(features: dict[str, dict[str, np.ndarray]], data: Path) -> dict:
+    """Pair EER and AUC on the dev and test pair lists, with plain cosine and with the scoring that the dev pairs
+    choose (verify's own choice, ``facenext.verification.choice``: the best on dev, kept only if it holds out of bag).
+    ``features``: each split's normalised embeddings by file name."""
+    from facenext.verification.choice import PairOutcome, ScoringSetting, choose
+    from facenext.verification.metrics import roc
+    from facenext.verification.similarity import Scoring
+
+    lists = {}
+    for part in PAIR_FILES:
+        files, first, second, labels = read_pair_list(data, part)
+        lists[part] = (np.stack([features[part][f] for f in files]), first, second, labels)
+    x, a, b, y = lists["unknown_dev"]
+    choice = choose(ScoringSetting(), lambda s: PairOutcome(s.pairs(x, a, b), y), "dev pairs 1 - EER")
+    numbers: dict = {
+        "pair_auto_chosen": choice.scoring.describe(),
+        "pair_auto_best_on_dev": choice.best,
+        "pairs_test": len(lists["unknown_test"][3]),
+    }
+    for name, scoring in (("plain", Scoring(0, 0)), ("auto", choice.scoring)):
+        for part, (x, a, b, y) in lists.items():
+            curve = roc(scoring.pairs(x, a, b), y)
+            where = part.removeprefix("unknown_")
+            numbers[f"pair_{where}_eer_{name}"], numbers[f"pair_{where}_auc_{name}"] = curve.eer, curve.auc
+    return numbers
+
+
+def cached_features(npz: Path) -> dict[str, np.ndarray]:
+    """The embeddings ``verify`` cached for one split, by file name (a split's flat folder has unique names)."""
+    with np.load(npz, allow_pickle=False) as cached:
+        return {Path(p).name: v for p, v in zip(cached["paths"].tolist(), cached["vectors"], strict=True)}
+
+
+def celeba_metrics(run: Path, data: Path) -> dict | None:
+    """The test numbers of a celeba run, each through the CLI as a user gets it: classification accuracy
+    (``predict``), known/unknown accuracy (``verify`` with plain cosine, then with its default scoring, chosen on
+    dev), and the pairs' EER and AUC from the embeddings that verify cached. None when a command fails."""
+    from facenext.cli import main as facenext
+    from facenext.demo import score_against_answers
+
+    answers, out = data / "answers", run / "verify"
+
+    def cli(args: list[str]) -> int:
+        with open(run / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return facenext(args)
+
+    if cli(["predict", str(run), "--split", "test", "--out", str(run / "predict")]) != 0:
+        return None
+    numbers: dict = {
+        "cls_test_acc": score_against_answers(run / "predict" / "submission.csv", answers / "classification_test.csv")
+    }
+    for name, flags in (("plain", ["--expand", "0", "--rerank", "0"]), ("auto", [])):
+        if cli(["verify", str(run), "--out", str(out), *flags]) != 0:
+            return None
+        verified = json.loads((out / "verify.json").read_text())
+        numbers[f"ver_dev_acc_{name}"] = verified.get("dev_accuracy")
+        numbers[f"ver_test_acc_{name}"] = score_against_answers(
+            out / "verification_submission.csv", answers / "verification_test.csv"
+        )
+    scoring = verified["scoring"]
+    numbers.update(ver_auto_chosen=scoring["chosen"], ver_auto_best_on_dev=scoring["best_on_dev"])
+    numbers.update(ver_auto_reason=scoring["reason"], ver_auto_oob_gain=scoring["out_of_bag_gain"])
+    features = {part: cached_features(out / f"embeddings_{part}.npz") for part in PAIR_FILES}
+    return {**numbers, **pair_numbers(features, data)}
+
+
+# Eigenfaces' settings, chosen on selection split 100: colour beat greyscale (0.268 against 0.230 classification,
+# dev pair EER 0.401 against 0.410), 100 whitened components beat 50 and 150 and unwhitened ones, C=10 beat 1 and tied
+# 100; 56 px (112 halved) classified as 32 px did, and better than a tighter crop.
+EIGEN_PX = 56
+EIGEN_COMPONENTS = 100
+EIGEN_C = 10.0
+
+
+def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float) -> dict:
+    """Eigenfaces on a celeba split: PCA (whitened) of the training photos' pixels (RGB) and an RBF SVM classify
+    the test photos; PCA embeddings and cosine match ``unknown_test`` against ``known/`` at the threshold tuned on
+    ``unknown_dev`` (``facenext.verification.identity``), and score the pair lists."""
+    import pandas as pd
+    from PIL import Image
+    from sklearn.decomposition import PCA
+    from sklearn.svm import SVC
+
+    from facenext.data.datasets import image_folder
+    from facenext.data.layout import find_layout, list_classes, list_images
+    from facenext.submission import verification_ids
+    from facenext.verification.identity import best_matches, best_threshold, dev_truth, known_gallery
+
+    tic = time.perf_counter()
+    layout = find_layout(data)
+    no_match = layout.term.no_match
+
+    def pixels(paths: list[Path]) -> np.ndarray:
+        small = [Image.open(p).convert("RGB").resize((px, px), Image.BILINEAR) for p in paths]
+        return np.stack([np.asarray(g, np.float32).ravel() / 255 for g in small])
+
+    classes = list_classes(layout.train)
+    train_paths, train_labels = image_folder(layout.train, classes)
+    pca = PCA(components, whiten=True, random_state=0).fit(x_train := pixels(train_paths))
+    svm = SVC(C=c).fit(pca.transform(x_train), train_labels)
+    cls_answers = pd.read_csv(data / "answers" / "classification_test.csv", dtype={"id": str})
+    predicted = svm.predict(pca.transform(pixels([layout.test / f for f in cls_answers["id"]])))
+
+    class Embed:  # what known_gallery asks of verify's embedding cache: normalised embeddings of some images
+        @staticmethod
+        def get(_split: str, paths: list[Path]) -> np.ndarray:
+            z = pca.transform(pixels(paths))
+            return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    gallery, names = known_gallery(Embed, layout)
+    dev_files = list_images(layout.unknown_dev)
+    dev_x = Embed.get("unknown_dev", [layout.unknown_dev / f for f in dev_files])
+    guessed, best = best_matches(dev_x @ gallery.T, names)
+    threshold, dev_acc = best_threshold(best, guessed, dev_truth(layout, dev_files), no_match)
+    ids, test_files = verification_ids(layout)
+    test_x = Embed.get("unknown_test", [layout.unknown_test / f for f in test_files])
+    guessed, best = best_matches(test_x @ gallery.T, names)
+    ver_answers = pd.read_csv(data / "answers" / "verification_test.csv", dtype=str).set_index("id")["label"]
+    test_truth = ver_answers.loc[ids].to_numpy()
+    features = {
+        "unknown_dev": dict(zip(dev_files, dev_x, strict=True)),
+        "unknown_test": dict(zip(test_files, test_x, strict=True)),
+    }
+    variant = f"eigenfaces ({px} px RGB, PCA {components} whitened, RBF SVM C={c:g})"
+    t = dict(grid="celeba", dataset="celeba", split=split, seed=0, variant=variant, overrides=[])
+    return {
+        **t,
+        "key": trial_key(t),
+        "exit": 0,
+        "cls_test_acc": float((predicted == cls_answers["label"].to_numpy()).mean()),
+        "ver_dev_acc_plain": dev_acc,
+        "ver_test_acc_plain": float((np.where(best >= threshold, guessed, no_match) == test_truth).mean()),
+        **pair_numbers(features, data),
+        "train_s": round(time.perf_counter() - tic, 1),
+        "device": "cpu",
+    }
+
+
+def eigenfaces(args: argparse.Namespace) -> None:
+    """Eigenfaces on each celeba split (built under --work if absent), one JSON line each appended to --results."""
+    done = done_keys(Path(args.results))
+    for split in args.split_seeds:
+        data = dataset(Path(args.work).resolve(), "celeba", split)
+        r = eigenfaces_trial(data, split, args.px, args.components, args.c)
+        if r["key"] in done:
+            continue
+        with Path(args.results).open("a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(
+            f"split {split}: classification {r['cls_test_acc']:.3f}, known/unknown {r['ver_test_acc_plain']:.3f}, "
+            f"pair EER {r['pair_test_eer_plain']:.3f} (AUC {r['pair_test_auc_plain']:.3f}) in {r['train_s']} s",
+            flush=True,
+        )
 
 
 SUBMISSION = "verification_submission.csv"  # what `verify` writes for a run
@@ -428,7 +687,7 @@ def run_grid(args: argparse.Namespace) -> None:
     todo = [
         t
         for t in plan_trials(args.grid, variants, datasets, args.splits, tuple(args.seeds))
-        if trial_key(t) not in done_keys(results)
+        if trial_key(t) not in done_keys(results) and (not args.split_seeds or t["split"] in args.split_seeds)
     ]
     # Datasets first, in this process: parallel trials must not write the same folder.
     for name, split in sorted({(t["dataset"], t["split"]) for t in todo}):
@@ -469,7 +728,8 @@ def report(args: argparse.Namespace) -> None:
     """One Markdown table per grid and dataset: mean ± standard deviation over the trials, in the grid's order."""
     rows = read_results([Path(f) for f in args.results])
     ensembled = [r for r in rows if "members" in r]
-    rows = [r for r in rows if "members" not in r]
+    real = [r for r in rows if r["dataset"] == "celeba"]
+    rows = [r for r in rows if "members" not in r and r["dataset"] != "celeba"]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         report_split = r["dataset"] == "orl70" and r["split"] < 100
@@ -504,10 +764,68 @@ def report(args: argparse.Namespace) -> None:
         text.append("\n".join(lines) + "\n")
     if ensembled:
         text.append(ensemble_table(ensembled))
+    if real:
+        text.append(celeba_tables(real))
     out = "\n".join(text)
     print(out)
     if args.out:
         Path(args.out).write_text(out)
+
+
+def celeba_tables(rows: list[dict]) -> str:
+    """Real faces: one table per kind of split (selection, report), a row per variant and split, then each variant's
+    mean ± standard deviation. Test numbers only (nothing was chosen on test); `auto` is verify's default scoring,
+    chosen on dev (its choice in brackets), beside plain cosine."""
+
+    def num(r: dict, key: str) -> str:
+        return f"{r[key]:.3f}" if r.get(key) is not None else "-"
+
+    def chosen(r: dict, key: str) -> str:
+        return f" ({r[key]})" if r.get(key) else ""
+
+    head = "| variant | split | classification | known/unknown, plain cosine | known/unknown, auto (chosen) |"
+    head += " pair EER, plain | pair EER, auto (chosen) | pair AUC, plain | train time |"
+    text = []
+    for kind, splits in (("report", REPORT_SPLITS), ("selection", SELECTION_SPLITS)):
+        mine = sorted((r for r in rows if r["split"] in splits), key=lambda r: (r["variant"], r["split"], r["seed"]))
+        if not mine:
+            continue
+        lines = [f"### celeba: {kind} splits", "", head, "|" + "---|" * head.count(" |")]
+        for r in mine:
+            cells = [r["variant"], str(r["split"]), num(r, "cls_test_acc"), num(r, "ver_test_acc_plain")]
+            cells.append(num(r, "ver_test_acc_auto") + chosen(r, "ver_auto_chosen"))
+            cells += [num(r, "pair_test_eer_plain"), num(r, "pair_test_eer_auto") + chosen(r, "pair_auto_chosen")]
+            epochs = f", {r['epochs']} ep" if r.get("epochs") else ""
+            cells += [num(r, "pair_test_auc_plain"), f"{r['train_s']:.0f} s ({short_device(r['device'])}{epochs})"]
+            lines.append("| " + " | ".join(cells) + " |")
+        for variant in dict.fromkeys(r["variant"] for r in mine):
+            rs = [r for r in mine if r["variant"] == variant]
+            keys = ["cls_test_acc", "ver_test_acc_plain", "ver_test_acc_auto", "pair_test_eer_plain"]
+            keys += ["pair_test_eer_auto", "pair_test_auc_plain"]
+            cells = [f"**{variant}**", f"mean of {len(rs)}", *(mean_sd([r.get(k) for r in rs]) for k in keys), ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        text.append("\n".join(lines) + "\n")
+    text.append(auto_table(rows))
+    return "\n".join(text)
+
+
+def auto_table(rows: list[dict]) -> str:
+    """Whether verify's scoring chosen on dev held on test: for each run, what was chosen and its gain over plain
+    cosine on dev (where it was chosen) and on test (known/unknown accuracy: higher is better; pair EER: lower)."""
+
+    def gain(r: dict, better: str, worse: str, sign: int = 1) -> str:
+        return f"{sign * (r[better] - r[worse]):+.3f}" if r.get(better) is not None else "-"
+
+    head = "| variant | split | known/unknown: chosen | gain on dev | gain on test | pairs: chosen | EER gain on dev |"
+    head += " EER gain on test |"
+    lines = ["### celeba: verify's auto scoring, chosen on dev, on test", "", head, "|" + "---|" * head.count(" |")]
+    for r in sorted(rows, key=lambda r: (r["variant"], r["split"] >= 100, r["split"])):
+        cells = [r["variant"], str(r["split"]), r.get("ver_auto_chosen", "-")]
+        cells += [gain(r, "ver_dev_acc_auto", "ver_dev_acc_plain"), gain(r, "ver_test_acc_auto", "ver_test_acc_plain")]
+        cells += [r["pair_auto_chosen"], gain(r, "pair_dev_eer_plain", "pair_dev_eer_auto")]
+        cells.append(gain(r, "pair_test_eer_plain", "pair_test_eer_auto"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def ensemble_table(rows: list[dict]) -> str:
@@ -540,6 +858,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--datasets", nargs="*", help="only these datasets")
     p.add_argument("--splits", default="selection", choices=["selection", "report"])
     p.add_argument("--seeds", nargs="+", type=int, default=list(TRAIN_SEEDS), help="training seeds on the sample")
+    p.add_argument("--split-seeds", nargs="*", type=int, help="only these of --splits (ORL, celeba)")
     p.add_argument("--config", default=str(CONFIG))
     p.add_argument("--orl", default=str(ORL), help="the ORL faces, one folder per identity")
     p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
@@ -564,6 +883,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "recipes.jsonl"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "recipe_ensembles.jsonl"))
     p.set_defaults(func=ensembles)
+    p = sub.add_parser("eigenfaces", help="the eigenfaces baseline on celeba splits")
+    splits = [*SELECTION_SPLITS, *REPORT_SPLITS]
+    p.add_argument("--split-seeds", nargs="+", type=int, default=splits, help="default: selection and report")
+    p.add_argument("--px", type=int, default=EIGEN_PX)
+    p.add_argument("--components", type=int, default=EIGEN_COMPONENTS)
+    p.add_argument("--c", type=float, default=EIGEN_C, help="the SVM's C")
+    p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "celeba.jsonl"))
+    p.set_defaults(func=eigenfaces)
     p = sub.add_parser("report")
     p.add_argument("results", nargs="+")
     p.add_argument("--out")

@@ -57,3 +57,46 @@ def test_verification_ensembles_group_runs_disjointly_or_in_every_combination(re
     assert [[r["seed"] for r in g] for g in disjoint] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # no run twice
     assert len(recipes.ensemble_groups(runs, 3, every=True)) == 84  # 9 choose 3
     assert recipes.ensemble_groups(runs[:1], 2, every=False) == []
+
+
+CELEBA = ROOT.parent / "shared" / "data" / "celeba_faces"
+needs_celeba = pytest.mark.skipif(
+    not CELEBA.is_dir(), reason=f"needs the celeba faces at {CELEBA} (a ../shared folder beside the clone); not present"
+)
+
+
+@needs_celeba
+def test_celeba_split_trains_some_people_and_keeps_the_others_for_verification(recipes, tmp_path):
+    import pandas as pd
+
+    # 30 of the 253 people (links, nothing copied): 10 classified, 20 for verification, 4 of them never known
+    subset = tmp_path / "faces"
+    subset.mkdir()
+    people = sorted(p.name for p in CELEBA.iterdir() if p.is_dir())[:30]
+    for name in people:
+        (subset / name).symlink_to(CELEBA / name)
+    photos = {name: len(list_images(CELEBA / name)) for name in people}
+    data = recipes.celeba(tmp_path / "competition", 7, folder=subset, classes=10)
+    layout = find_layout(data)
+
+    train, dev, known = identities(layout.train), identities(layout.dev), identities(layout.known)
+    assert len(train) == 10 and {len(f) for f in train.values()} == {15} and set(dev) == set(train)
+    assert all(photos[n] >= 20 for n in train), "classified people keep 5+ photos for dev and test"
+    assert len(known) == 16 and {len(f) for f in known.values()} == {1} and not set(known) & set(train)
+    test = pd.read_csv(data / "answers" / "classification_test.csv")
+    evaluated = len(test) + sum(map(len, dev.values()))
+    assert evaluated == sum(photos[n] for n in train) - 150, "every other photo of theirs is in dev or test"
+    unknown = len(list_images(layout.unknown_dev)) + len(list_images(layout.unknown_test))
+    assert unknown == sum(photos.values()) - sum(photos[n] for n in train) - 16, "every photo is used once"
+
+    truth = pd.read_csv(data / "answers" / "verification_test.csv", dtype=str)["label"]
+    assert (truth == "n000000").sum() > 0 and set(truth) - {"n000000"} == set(known)
+    files, first, second, labels = recipes.read_pair_list(data, "unknown_test")
+    assert set(files) == set(list_images(layout.unknown_test)) and labels.mean() == 0.5
+    assert len(set(zip(first, second, strict=True))) == len(labels), "no pair twice"
+    owner = truth.to_numpy()[[int(f.removesuffix(".jpg")) for f in files]]  # test ids are the files' positions
+    a, b = owner[first], owner[second]
+    both_known = (a != "n000000") & (b != "n000000")
+    assert (a == b)[labels == 1].all(), "a genuine pair is one person"
+    assert (a != b)[both_known & (labels == 0)].all(), "an impostor pair is two people"
+    assert len(pd.read_csv(data / "answers" / "verification_test.csv")) == len(list_images(layout.unknown_test))
