@@ -10,12 +10,12 @@ import pytest
 
 from facenext.cli import main
 from facenext.verification.choice import (
-    IdentityOutcome,
     PairOutcome,
     ScoringSetting,
     choose,
     equal_error_rate,
 )
+from facenext.verification.identity import IdentityOutcome
 from facenext.verification.metrics import genuine_impostor, roc
 from facenext.verification.similarity import Scoring
 

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..config import AUTO, neighbours
-from .metrics import threshold_sweep
 from .similarity import Scoring
 
 logger = logging.getLogger(__name__)
@@ -183,28 +182,3 @@ class PairOutcome:
 
     def score(self, index: np.ndarray) -> float:
         return 1.0 - equal_error_rate(self.scores[index], self.genuine[index])
-
-
-@dataclass
-class IdentityOutcome:
-    """Dev unknown x known similarities of one candidate; its score is the accuracy at the subset's best threshold."""
-
-    similarity: np.ndarray
-    truth: np.ndarray
-    names: list[str]
-    no_match: str | None
-
-    def __post_init__(self) -> None:
-        best = self.similarity.argmax(1)
-        self.best = self.similarity[np.arange(len(best)), best]
-        self.right_if_accepted = np.array(self.names)[best] == self.truth
-        no_match = self.truth == self.no_match if self.no_match is not None else np.zeros(len(self.truth), bool)
-        self.right_if_rejected = no_match
-
-    @property
-    def items(self) -> int:
-        return len(self.truth)
-
-    def score(self, index: np.ndarray) -> float:
-        sweep = threshold_sweep(self.best[index], self.right_if_accepted[index], self.right_if_rejected[index])
-        return float(sweep[1].max())

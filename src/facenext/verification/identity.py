@@ -16,7 +16,7 @@ from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
 from ..io import write_csv, write_npz
 from ..submission import verification_ids, write_submission
-from .choice import Choice, IdentityOutcome, ScoringSetting, choose
+from .choice import Choice, ScoringSetting, choose
 from .embeddings import EmbeddingCache
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
 from .plots import plot_threshold_curve, write_score_figures
@@ -102,6 +102,29 @@ def tuned_accuracy(similarity: np.ndarray, truth: np.ndarray, names: list[str], 
     """The identity-matching accuracy of an unknown x known similarity matrix at its best threshold."""
     predicted, best_similarity = best_matches(similarity, names)
     return best_threshold(best_similarity, predicted, truth, no_match)[1]
+
+
+@dataclass
+class IdentityOutcome:
+    """Dev unknown x known similarities of one scoring candidate (``verification.choice``); its score is the accuracy
+    at the best threshold of whichever subset of dev images it is asked about."""
+
+    similarity: np.ndarray
+    truth: np.ndarray
+    names: list[str]
+    no_match: str | None
+
+    def __post_init__(self) -> None:
+        self.predicted, self.best = best_matches(self.similarity, self.names)
+
+    @property
+    def items(self) -> int:
+        return len(self.truth)
+
+    def score(self, index: np.ndarray) -> float:
+        return float(
+            threshold_curve(self.best[index], self.predicted[index], self.truth[index], self.no_match)[1].max()
+        )
 
 
 def genuine_and_impostor(similarity: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
