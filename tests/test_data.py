@@ -239,7 +239,7 @@ def test_preview_png(tmp_path):
     assert (grid[40:, 2 * 2 * 40 :] == 255).all()  # the unused cells of the last row stay white
 
 
-@pytest.mark.parametrize("preset", ["seed", "randaug", "light", "none"])
+@pytest.mark.parametrize("preset", ["seed", "randaug", "light", "wild", "none"])
 def test_every_augmentation_preset_gives_uint8_images(preset):
     image = np.asarray(Image.new("RGB", (96, 96), (200, 120, 60))).copy()
     image[30:60, 20:50] = (20, 40, 220)  # something to move around
@@ -277,6 +277,26 @@ def test_data_erase_sets_the_chance_of_an_erased_box_whatever_the_preset(preset,
         transform.set_random_seed(seed)
         erased += (transform(image=white)["image"] == fill).all(axis=2).sum() >= 0.04 * 32 * 32
     assert expected[0] <= erased <= expected[1]
+
+
+@pytest.mark.parametrize(("crop_scale", "low", "high"), [(1.0, 0.95, 1.06), (0.5, 1.02, 1.45)])
+def test_wild_crops_keep_between_crop_scale_and_all_of_the_image(crop_scale, low, high):
+    """A centred square of a quarter of the image's area grows by 1/sqrt(kept share) in each crop: 1.0 keeps all of
+    it (flips and colour aside), 0.5 zooms in by up to 1.41x."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = 255
+    transform = train_transform("wild", 64, MEAN, crop_scale=crop_scale)
+    growth = []
+    for seed in range(30):
+        transform.set_random_seed(seed)
+        bright = (transform(image=image)["image"].max(axis=2) > 100).sum()
+        growth.append(np.sqrt(bright / (32 * 32)))
+    assert low <= np.median(growth) and max(growth) <= high
+
+
+def test_crop_scale_outside_0_to_1_is_refused():
+    with pytest.raises(UserError, match=r"data\.crop_scale"):
+        train_transform("wild", 32, MEAN, crop_scale=0.0)
 
 
 def test_data_erase_outside_0_to_1_is_refused():

@@ -25,7 +25,8 @@ class DataConfig:
     term: str = "auto"  # competition term (f23, f24, ...; `facenext terms` lists them) or auto-detect from the layout
     terms_file: str | None = None  # YAML file of your own terms (the next term; README "A new term")
     image_size: int = 112  # training and inference resolution
-    augment: str = "seed"  # augmentation preset: seed, randaug, light or none
+    augment: str = "seed"  # augmentation preset: seed, randaug, light, wild (in-the-wild photos) or none
+    crop_scale: float = 0.6  # the wild preset's smallest random resized crop, as a share of the image's area
     # Probability of erasing one box (5-10% of the image) with the mean colour; unset: the preset's (0.3 for seed and
     # randaug, none for light and none)
     erase: float | None = None

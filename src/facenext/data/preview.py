@@ -32,7 +32,7 @@ def preview_grid(config: Config, n: int = 16) -> np.ndarray:
     layout = find_layout(d.root, d.term)
     paths, labels = image_folder(layout.train, list_classes(layout.train))
     try:
-        augmented = FaceImages(paths, labels, train_transform(d.augment, size, d.mean, erase=d.erase), size)
+        augmented = FaceImages(paths, labels, train_transform(d.augment, size, d.mean, erase=d.erase, crop_scale=d.crop_scale), size)
     except ValueError as e:
         raise UserError(f"{e} (data.augment)") from None
     plain = eval_transform(size)

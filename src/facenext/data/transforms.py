@@ -6,7 +6,8 @@ through worker queues, pinned memory and the host-to-device copy, and normalisin
 
 The ``seed`` and ``light`` presets run ``FaceAugment``: the seed's list (flip, colour jitter, rotation, affine,
 perspective) in two passes over the image instead of one per operation. The other presets are albumentations
-pipelines as they come.
+pipelines as they come: ``randaug``, and ``wild``, for in-the-wild photos (random resized crops, colour and grey,
+blur and lost resolution).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from ..errors import UserError
 
-PRESETS = ("seed", "randaug", "light", "none")
+PRESETS = ("seed", "randaug", "light", "wild", "none")
 # Presets whose augmentation can also run batched on the training device (``data.augment_device``).
 DEVICE_PRESETS = ("seed", "light")
 PRESET_ERASE = {"seed": 0.3, "randaug": 0.3}  # each preset's chance of an erased box (data.erase overrides it)
@@ -200,9 +201,24 @@ class DeferredErasing(A.Erasing):
         return img
 
 
-def _augmentations(preset: str, deferred: bool = False) -> list[A.BasicTransform]:
+def _wild(size: int, crop_scale: float) -> list[A.BasicTransform]:
+    """Photos taken anywhere differ in framing, colour, light and sharpness more than in pose: crops of
+    ``crop_scale`` to all of the face at near-square shapes, strong colour jitter, some grey photos, some blurred or
+    low-resolution ones (issue 26, measured on celeba_faces: benchmarks/recipes.md)."""
+    return [
+        A.RandomResizedCrop((size, size), scale=(crop_scale, 1.0), ratio=(0.9, 1.1), p=1.0),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+        A.ToGray(p=0.1),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0), A.Downscale(scale_range=(0.4, 0.8), p=1.0)], p=0.2),
+    ]
+
+
+def _augmentations(preset: str, size: int, crop_scale: float, deferred: bool = False) -> list[A.BasicTransform]:
     if preset in FUSED_PRESETS:
         return [(DeferredFaceAugment if deferred else FaceAugment)(**FUSED_PRESETS[preset])]
+    if preset == "wild":
+        return _wild(size, crop_scale)
     if preset == "randaug":
         # RandAugment's recipe (Cubuk et al. 2020): two operations drawn per image from a pool, at one magnitude.
         return [
@@ -239,13 +255,19 @@ def erase_fill(mean: Sequence[float]) -> tuple[int, ...]:
 
 
 def train_transform(
-    preset: str, size: int, mean: Sequence[float], on_device: bool = False, erase: float | None = None
+    preset: str,
+    size: int,
+    mean: Sequence[float],
+    on_device: bool = False,
+    erase: float | None = None,
+    crop_scale: float = 0.6,
 ) -> A.Compose:
     """Resize first (augmenting fewer pixels is cheaper), augment, then erase with the mean colour.
 
     ``on_device`` (``DEVICE_PRESETS`` only): the same pipeline with the same random draws, but the colour matrix,
     the warp and the erasing are only drawn, not applied (``DeferredFaceAugment``, ``DeferredErasing``); workers
     then only decode and resize. ``erase``: the probability of erasing a box (``data.erase``; None: the preset's).
+    ``crop_scale``: the ``wild`` preset's smallest crop, as a share of the image's area (``data.crop_scale``).
     """
     if on_device and preset not in DEVICE_PRESETS:
         raise ValueError(f"augmentation preset {preset!r} runs on the CPU only; on the device: {DEVICE_PRESETS}")
@@ -256,7 +278,9 @@ def train_transform(
     if erase_p > 0:
         step = DeferredErasing if on_device else A.Erasing
         erasing = [step(scale=(0.05, 0.1), fill=erase_fill(mean), p=erase_p)]
-    augment = _augmentations(preset, deferred=on_device)
+    if not 0.0 < crop_scale <= 1.0:
+        raise UserError(f"data.crop_scale={crop_scale}: give the smallest share of the image a crop keeps, in (0, 1]")
+    augment = _augmentations(preset, size, crop_scale, deferred=on_device)
     return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), *augment, *erasing])
 
 

@@ -55,7 +55,9 @@ def load_data(
         on = device or torch.device("cpu")
         where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean, recorded)
         where = agree(where) if agree is not None else where
-        train_tf = train_transform(d.augment, size, d.mean, on_device=where == "gpu", erase=d.erase)
+        train_tf = train_transform(
+            d.augment, size, d.mean, on_device=where == "gpu", erase=d.erase, crop_scale=d.crop_scale
+        )
     except ValueError as e:
         raise UserError(f"{e} (data.augment, data.augment_device)") from None
     train = (DeviceAugmentImages if where == "gpu" else FaceImages)(paths, labels, train_tf, size)
