@@ -223,3 +223,16 @@ def test_asking_for_a_tracker_that_is_not_installed_is_a_user_error(sample, tmp_
         assert "pip install tensorboard" in capsys.readouterr().err
     assert main(train_args(sample, tmp_path / "run2", "train.epochs=1", "train.log_to=[mlflow]")) == 2
     assert "unknown logger 'mlflow'" in capsys.readouterr().err
+
+
+def test_a_run_that_is_not_learning_says_so_at_epoch_5(sample, trained_run, tmp_path, caplog):
+    """A learning rate too small to move the weights leaves training accuracy at chance (1/8 here): the run warns
+    at epoch 5 instead of spending its whole budget silently; the learning fixture's run does not."""
+    run = tmp_path / "stalled"
+    with caplog.at_level("WARNING", logger="facenext"):
+        assert main(train_args(sample, run, "train.epochs=5", "train.lr=1e-9", "train.min_lr=1e-10")) == 0
+    warnings = [r.getMessage() for r in caplog.records if "not learning" in r.getMessage()]
+    stalled = pd.read_csv(run / "metrics.csv")["train_acc"].iloc[4]
+    assert stalled <= 0.25 and len(warnings) == 1
+    assert f"training accuracy {stalled:.3f} after 5 epochs is chance for 8 classes" in warnings[0]
+    assert pd.read_csv(trained_run / "metrics.csv")["train_acc"].iloc[4] > 0.25  # so the fixture's run was not warned

@@ -54,3 +54,23 @@ def epoch_line(row: dict[str, Any], planned: int, ema: bool) -> str:
         f"acc {row['train_acc']:.3f}  dev loss {row['dev_loss']:.3f} acc {row['dev_acc']:.3f}{ema_text}  "
         f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_s']:.1f}s{skipped}"
     )
+
+
+STALL_EPOCH = 5  # a run whose training accuracy is still at chance this many epochs in is not going to learn
+
+
+def stall_warning(row: dict[str, Any], classes: int, loss: str) -> str:
+    """A warning for a run that is not learning: at ``STALL_EPOCH``, training accuracy no better than twice chance.
+
+    Such a run looks healthy (finite losses, a schedule under way) and ends at chance after its whole budget: ArcFace
+    from scratch did so at 96 px on in-the-wild faces (benchmarks/recipes.md, issue 26), its loss flat from epoch 4."""
+    if row["epoch"] != STALL_EPOCH or row["train_acc"] > 2 / classes:
+        return ""
+    if loss == "ce":
+        fix = "check the training labels, or change train.lr"
+    else:
+        fix = f"{loss} from scratch can stay there: lower train.margin, or train with ce first and fine-tune from it"
+    return (
+        f"training accuracy {row['train_acc']:.3f} after {STALL_EPOCH} epochs is chance for {classes} classes: this "
+        f"run is not learning; {fix}"
+    )

@@ -40,7 +40,7 @@ from .distributed import DistContext, all_max_, all_sum, any_rank, any_rank_on_h
 from .evaluate import evaluate
 from .loaders import load_data, make_loader
 from .meters import StepMeter
-from .report import budget_note, epoch_line, position_text, precision_text
+from .report import budget_note, epoch_line, position_text, precision_text, stall_warning
 from .run_state import RunState, recorded_augment_device, run_environment
 from .schedule import build_scheduler
 from .seeding import seed_everything
@@ -237,6 +237,8 @@ class Trainer:
                     row = self.end_epoch()
                     if main:
                         logger.info(epoch_line(row, self.budget.planned, self.ema is not None))
+                        if warning := stall_warning(row, len(self.data.classes), t.loss):
+                            logger.warning(warning)
                         tracker.log(row)
         summary = self.summary(stopped)
         if main:
