@@ -128,7 +128,9 @@ def render_face(traits: Traits, rng: np.random.Generator, size: int) -> bytes:
         if t.glasses:
             d.ellipse(box(ex, ey, t.eye_size * 2.0, t.eye_size * 1.6), outline=(30, 30, 30), width=max(1, s // 70))
     shade = tuple(int(c * 0.75) for c in t.skin)
-    d.polygon([px(0, t.eye_y + 0.03), px(-t.nose_w, t.eye_y + t.nose_len), px(t.nose_w, t.eye_y + t.nose_len)], fill=shade)
+    d.polygon(
+        [px(0, t.eye_y + 0.03), px(-t.nose_w, t.eye_y + t.nose_len), px(t.nose_w, t.eye_y + t.nose_len)], fill=shade
+    )
     smile = t.smile + rng.uniform(-0.02, 0.02)
     mouth = box(0, t.mouth_y - smile, t.mouth_w, abs(smile) + 0.012)
     if smile >= 0:

@@ -26,7 +26,6 @@ from ..competitions import TERMS, Layout, Term, family_of, get_term
 from ..errors import UserError
 from .folders import IMAGES_DIR, LABELS_FILE, MARKER, candidates, chain, read_marker
 
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff"}
 
 

@@ -205,7 +205,9 @@ def _write_classification(split: Split, out: Path, term: Term) -> None:
     labels = [classes.index(name) for name, _ in split.test]
     if term.labels_file:  # test/images/, with labels.txt as S25, F25 and S26 shipped it (F26 ships none)
         test_labels = term.labels_file if term.test_labels else None
-        test_names = _write_labelled(cls_dir / term.test, list(zip(labels, [m for _, m in split.test])), test_labels)
+        test_names = _write_labelled(
+            cls_dir / term.test, list(zip(labels, [m for _, m in split.test], strict=True)), test_labels
+        )
     else:
         test_names = [numbered_name(i, term) for i in range(len(split.test))]
         _write_flat(cls_dir / term.test, split.test, test_names)

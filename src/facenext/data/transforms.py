@@ -251,7 +251,7 @@ def _augmentations(preset: str, size: int, crop_scale: float, deferred: bool = F
 def erase_fill(mean: Sequence[float]) -> tuple[int, ...]:
     """The erased patch's colour: the mean, which ``BatchToModel`` normalises to zero (up to uint8 rounding), as
     torchvision's RandomErasing leaves it."""
-    return tuple(int(round(255 * m)) for m in mean)
+    return tuple(round(255 * m) for m in mean)
 
 
 def train_transform(
