@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..io import atomic_write
 from .datasets import FaceImages, image_folder, load_rgb
 from .layout import find_layout, list_classes
-from .transforms import eval_transform, train_transform
+from .transforms import data_train_transform, eval_transform
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def preview_grid(config: Config, n: int = 16) -> np.ndarray:
     layout = find_layout(d.root, d.term)
     paths, labels = image_folder(layout.train, list_classes(layout.train))
     try:
-        augmented = FaceImages(paths, labels, train_transform(d.augment, size, d.mean, erase=d.erase, crop_scale=d.crop_scale), size)
+        augmented = FaceImages(paths, labels, data_train_transform(d), size)
     except ValueError as e:
         raise UserError(f"{e} (data.augment)") from None
     plain = eval_transform(size)

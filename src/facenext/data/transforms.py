@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..config import DataConfig
 from ..errors import UserError
 
 PRESETS = ("seed", "randaug", "light", "wild", "none")
@@ -282,6 +283,11 @@ def train_transform(
         raise UserError(f"data.crop_scale={crop_scale}: give the smallest share of the image a crop keeps, in (0, 1]")
     augment = _augmentations(preset, size, crop_scale, deferred=on_device)
     return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), *augment, *erasing])
+
+
+def data_train_transform(d: DataConfig, on_device: bool = False) -> A.Compose:
+    """``train_transform`` as a config's ``data`` section sets it: preset, size, mean, erasing and crop scale."""
+    return train_transform(d.augment, d.image_size, d.mean, on_device, erase=d.erase, crop_scale=d.crop_scale)
 
 
 def eval_transform(size: int) -> A.Compose:

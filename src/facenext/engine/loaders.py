@@ -14,7 +14,7 @@ from ..config import Config
 from ..data.datasets import FaceImages, SeededSampler, image_folder
 from ..data.device_augment import DeviceAugmentImages, choose_augment_device
 from ..data.layout import LABELS_FILE, Layout, find_layout, list_classes, refuse_label_problems
-from ..data.transforms import eval_transform, train_transform
+from ..data.transforms import data_train_transform, eval_transform
 from ..errors import UserError
 from .distributed import DistContext, barrier
 
@@ -55,9 +55,7 @@ def load_data(
         on = device or torch.device("cpu")
         where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean, recorded)
         where = agree(where) if agree is not None else where
-        train_tf = train_transform(
-            d.augment, size, d.mean, on_device=where == "gpu", erase=d.erase, crop_scale=d.crop_scale
-        )
+        train_tf = data_train_transform(d, on_device=where == "gpu")
     except ValueError as e:
         raise UserError(f"{e} (data.augment, data.augment_device)") from None
     train = (DeviceAugmentImages if where == "gpu" else FaceImages)(paths, labels, train_tf, size)
