@@ -122,9 +122,7 @@ class IdentityOutcome:
         return len(self.truth)
 
     def score(self, index: np.ndarray) -> float:
-        return float(
-            threshold_curve(self.best[index], self.predicted[index], self.truth[index], self.no_match)[1].max()
-        )
+        return best_threshold(self.best[index], self.predicted[index], self.truth[index], self.no_match)[1]
 
 
 def genuine_and_impostor(similarity: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
