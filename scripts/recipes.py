@@ -546,6 +546,13 @@ EIGEN_COMPONENTS = 100
 EIGEN_C = 10.0
 
 
+def eigenfaces_key(split: int, px: int, components: int, c: float) -> dict:
+    """An eigenfaces trial's identity in the results file, before anything is computed."""
+    variant = f"eigenfaces ({px} px RGB, PCA {components} whitened, RBF SVM C={c:g})"
+    t = dict(grid="celeba", dataset="celeba", split=split, seed=0, variant=variant, overrides=[])
+    return {**t, "key": trial_key(t)}
+
+
 def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float) -> dict:
     """Eigenfaces on a celeba split: PCA (whitened) of the training photos' pixels (RGB) and an RBF SVM classify
     the test photos; PCA embeddings and cosine match ``unknown_test`` against ``known/`` at the threshold tuned on
@@ -558,7 +565,7 @@ def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float)
     from facenext.data.datasets import image_folder
     from facenext.data.layout import find_layout, list_classes, list_images
     from facenext.submission import verification_ids
-    from facenext.verification.identity import best_matches, best_threshold, dev_truth, known_gallery
+    from facenext.verification.identity import best_matches, best_threshold, dev_truth, identity_labels, known_gallery
 
     tic = time.perf_counter()
     layout = find_layout(data)
@@ -588,22 +595,21 @@ def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float)
     threshold, dev_acc = best_threshold(best, guessed, dev_truth(layout, dev_files), no_match)
     ids, test_files = verification_ids(layout)
     test_x = Embed.get("unknown_test", [layout.unknown_test / f for f in test_files])
-    guessed, best = best_matches(test_x @ gallery.T, names)
     ver_answers = pd.read_csv(data / "answers" / "verification_test.csv", dtype=str).set_index("id")["label"]
     test_truth = ver_answers.loc[ids].to_numpy()
     features = {
         "unknown_dev": dict(zip(dev_files, dev_x, strict=True)),
         "unknown_test": dict(zip(test_files, test_x, strict=True)),
     }
-    variant = f"eigenfaces ({px} px RGB, PCA {components} whitened, RBF SVM C={c:g})"
-    t = dict(grid="celeba", dataset="celeba", split=split, seed=0, variant=variant, overrides=[])
+    t = eigenfaces_key(split, px, components, c)
     return {
         **t,
-        "key": trial_key(t),
         "exit": 0,
         "cls_test_acc": float((predicted == cls_answers["label"].to_numpy()).mean()),
         "ver_dev_acc_plain": dev_acc,
-        "ver_test_acc_plain": float((np.where(best >= threshold, guessed, no_match) == test_truth).mean()),
+        "ver_test_acc_plain": float(
+            (identity_labels(test_x @ gallery.T, names, threshold, no_match) == test_truth).mean()
+        ),
         **pair_numbers(features, data),
         "train_s": round(time.perf_counter() - tic, 1),
         "device": "cpu",
@@ -614,10 +620,10 @@ def eigenfaces(args: argparse.Namespace) -> None:
     """Eigenfaces on each celeba split (built under --work if absent), one JSON line each appended to --results."""
     done = done_keys(Path(args.results))
     for split in args.split_seeds:
+        if eigenfaces_key(split, args.px, args.components, args.c)["key"] in done:
+            continue
         data = dataset(Path(args.work).resolve(), "celeba", split)
         r = eigenfaces_trial(data, split, args.px, args.components, args.c)
-        if r["key"] in done:
-            continue
         with Path(args.results).open("a") as f:
             f.write(json.dumps(r) + "\n")
         print(

@@ -188,14 +188,19 @@ def dev_truth(layout: Layout, files: list[str]) -> np.ndarray:
     return truth
 
 
+def identity_labels(similarity: np.ndarray, names: list[str], threshold: float, no_match: str | None) -> np.ndarray:
+    """Each row's best known identity, or ``no_match`` where its best similarity is below ``threshold`` (terms
+    without a no-match label always answer the best identity)."""
+    predicted, best_similarity = best_matches(similarity, names)
+    return np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
+
+
 def write_identity_submission(
     path: Path, layout: Layout, ids: list[str], similarity: np.ndarray, names: list[str], threshold: float
 ) -> dict[str, Any]:
     """The test submission at ``path``: each ``unknown_test`` image's best identity, or no match below
     ``threshold``."""
-    predicted, best_similarity = best_matches(similarity, names)
-    no_match = layout.term.no_match
-    labels = np.where(best_similarity >= threshold, predicted, no_match) if no_match else predicted
+    labels = identity_labels(similarity, names, threshold, layout.term.no_match)
     write_submission(path, {"id": ids, "label": labels}, layout=layout, kind="verification")
     logger.info(f"wrote {path} ({len(ids)} rows)")
     return {"submission": str(path)}
