@@ -38,11 +38,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "demo.yaml")
-# The ORL faces come from ../shared beside the repository; a clone on its own has none, so those tests skip.
+
+
+def needs_shared(folder: Path, what: str) -> pytest.MarkDecorator:
+    """Skip unless ``folder`` of ../shared (beside the repository) is there: a clone on its own has none."""
+    return pytest.mark.skipif(
+        not folder.is_dir(), reason=f"needs {what} at {folder} (a ../shared folder beside the clone); not present"
+    )
+
+
 ORL = ROOT.parent / "shared" / "data" / "orl_faces"
-needs_orl = pytest.mark.skipif(
-    not ORL.is_dir(), reason=f"needs the ORL faces at {ORL} (a ../shared folder beside the clone); not present"
-)
+needs_orl = needs_shared(ORL, "the ORL faces")
+CELEBA = ROOT.parent / "shared" / "data" / "celeba_faces"
+needs_celeba = needs_shared(CELEBA, "the celeba faces")
 
 # A small lean ConvNeXt at 48 px: a few seconds an epoch on two CPU cores.
 TINY_MODEL = ["model.name=lean_nano", "model.dims=[16,32,48,64]", "model.depths=[1,1,1,1]"]

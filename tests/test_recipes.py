@@ -9,7 +9,7 @@ import pytest
 
 from facenext.data.layout import find_layout, list_classes, list_images
 
-from .conftest import ORL, ROOT, needs_orl
+from .conftest import CELEBA, ORL, ROOT, needs_celeba, needs_orl
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +57,6 @@ def test_verification_ensembles_group_runs_disjointly_or_in_every_combination(re
     assert [[r["seed"] for r in g] for g in disjoint] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # no run twice
     assert len(recipes.ensemble_groups(runs, 3, every=True)) == 84  # 9 choose 3
     assert recipes.ensemble_groups(runs[:1], 2, every=False) == []
-
-
-CELEBA = ROOT.parent / "shared" / "data" / "celeba_faces"
-needs_celeba = pytest.mark.skipif(
-    not CELEBA.is_dir(), reason=f"needs the celeba faces at {CELEBA} (a ../shared folder beside the clone); not present"
-)
 
 
 @needs_celeba
