@@ -142,10 +142,6 @@ def submission_score(row: dict[str, Any]) -> float | None:
     return private if private is not None else _number(row.get("public_score"))
 
 
-def lower_is_better(term: Term) -> bool:
-    return term.metric == "eer"
-
-
 def graded_submission(rows: Sequence[dict[str, Any]], term: Term | None) -> int | None:
     """Index of the submission the back-end grades: the best scored one by the term's score and direction."""
     if term is None:
@@ -153,7 +149,7 @@ def graded_submission(rows: Sequence[dict[str, Any]], term: Term | None) -> int 
     scored = [(score, i) for i, row in enumerate(rows) if (score := submission_score(row)) is not None]
     if not scored:
         return None
-    sign = 1 if lower_is_better(term) else -1
+    sign = 1 if term.lower_is_better else -1
     return min(scored, key=lambda item: (sign * item[0], item[1]))[1]
 
 
@@ -174,7 +170,7 @@ def score_caption(term: Term | None) -> str:
         return "scores as Kaggle reports them"
     metric = {"eer": "EER", "accuracy": "accuracy", "auc": "ROC AUC", "combined": "0.5 x accuracy + 0.5 x (1 - EER)"}
     unit = " in percent" if term.eer_in_percent else ""
-    direction = "lower" if lower_is_better(term) else "higher"
+    direction = "lower" if term.lower_is_better else "higher"
     return f"{term.key.upper()} scores: {metric[term.metric]}{unit}, {direction} is better"
 
 
