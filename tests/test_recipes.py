@@ -47,6 +47,9 @@ def test_a_two_stage_trial_shares_the_first_stage_overrides(recipes):
     assert first == ["data.root=x", "train.epochs=42"]
     assert second == ["data.root=x", "train.epochs=42", "train.loss=arcface", "train.epochs=18"]
     assert recipes.split_stages(["a=1"]) == [["a=1"]]
+    # a smoke run's extra overrides reach both stages, after each stage's own
+    smoke = recipes.split_stages(recipes.with_extra(overrides, ["train.epochs=1"]))
+    assert [stage[-1] for stage in smoke] == ["train.epochs=1", "train.epochs=1"]
     trials = recipes.plan_trials("losses", recipes.LOSSES, ("sample", "orlver"), "selection")
     assert len(trials) == len(recipes.LOSSES) * 2 * 3 and len({recipes.trial_key(t) for t in trials}) == len(trials)
 
