@@ -151,8 +151,8 @@ HEADLINE: dict[str, list[str]] = {
     "configs/faces_cpu.yaml": [],
 }
 HEADLINE_VER: dict[str, list[str]] = {"configs/faces_cpu.yaml, train.loss=arcface": ARC}
-# Real faces (issue 26): the recipe before it for 20 minutes (as the issue measured it), and the one chosen here;
-# all three numbers from one run.
+# Real faces (issue 26): the recipe before it for 20 minutes (as the issue measured it), the first round's choice and
+# the recipe chosen here; all three numbers from one run.
 FACES = "@configs/faces_cpu.yaml"  # a variant that trains from configs/faces_cpu.yaml instead of --config
 BN_NECK = [FACES, "model.drop_path_rate=0.1", "train.weight_decay=0.05"]  # the first round's faces_cpu.yaml
 CELEBA_GRID: dict[str, list[str]] = {
@@ -160,8 +160,8 @@ CELEBA_GRID: dict[str, list[str]] = {
     # the first round's choice (112 px, BN neck), before drop path and weight decay were raised
     "faces_cpu.yaml, first round (drop path 0.1, weight decay 0.05)": BN_NECK,
     "configs/faces_cpu.yaml": [FACES],  # the recipe chosen on celeba's selection splits
-    # the old recipe again, on the day the new one was measured: the machine ran 112 px epochs a quarter slower that
-    # day, and a time budget turns speed into epochs
+    # the old recipe again, on the machine the new one was measured on: it ran 112 px epochs a quarter slower than
+    # the first round's, and a time budget turns speed into epochs
     "studio_cpu.yaml, 20 min, beside the new faces_cpu.yaml": ["train.budget=20m"],
 }
 # Issue 26 item 2: one factor at a time around the best so far on a selection split, screened with 10-minute runs
@@ -194,9 +194,9 @@ CELEBA_SELECT: dict[str, list[str]] = {
         "data.crop_scale=0.8",
     ],
     # round 2, around the first round's choice (112 px, BN neck, 20 min), which over-fits: train accuracy 0.97, dev
-    # 0.38 (BN_NECK pins the drop path and weight decay that configs/faces_cpu.yaml had then)
-    # the same configuration as "112 px, BN neck, 20 min", run again beside this round: the machine's speed drifts
-    # between days, and with it the epochs that fit into 20 minutes
+    # 0.38 (BN_NECK pins the drop path and weight decay that configs/faces_cpu.yaml had then). Its first entry is
+    # "112 px, BN neck, 20 min" run again beside the round: machines differ in speed, and with it the epochs that fit
+    # into 20 minutes.
     "BN neck (the first round's choice), beside round 2": BN_NECK,
     "BN neck, drop path 0.3": [*BN_NECK, "model.drop_path_rate=0.3"],
     "BN neck, lean_nano": [*BN_NECK, "model.name=lean_nano"],
