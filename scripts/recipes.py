@@ -214,6 +214,14 @@ CELEBA_SELECT: dict[str, list[str]] = {
         "train.warmup_epochs=1",
     ],
 }
+# round 4: the margin loss's scale (never varied before; 44 by default for 158 classes) in the two-stage recipe
+CELEBA_SELECT |= {
+    f"configs/faces_cpu.yaml, 15 min then ArcFace scale {scale} 5 min": [
+        *CELEBA_SELECT["configs/faces_cpu.yaml, 15 min then ArcFace 5 min"],
+        f"model.cosine_scale={scale}",
+    ]
+    for scale in (32, 64)
+}
 GRIDS = {
     "celeba": (CELEBA_GRID, ("celeba",)),
     "celeba_select": (CELEBA_SELECT, ("celeba",)),
