@@ -203,7 +203,7 @@ CELEBA_SELECT: dict[str, list[str]] = {
     "BN neck, erasing 0.25": [*BN_NECK, "data.erase=0.25"],
     "BN neck, drop path 0.5": [*BN_NECK, "model.drop_path_rate=0.5"],
     "BN neck, drop path 0.3, weight decay 0.2": [*BN_NECK, "model.drop_path_rate=0.3", "train.weight_decay=0.2"],
-    # round 3: the two-stage loss on the recipe chosen (configs/faces_cpu.yaml: drop path 0.3, weight decay 0.2)
+    # round 2, last: the two-stage loss on the recipe chosen (configs/faces_cpu.yaml: drop path 0.3, weight decay 0.2)
     "configs/faces_cpu.yaml, 15 min then ArcFace 5 min": [
         FACES,
         "train.budget=15m",
@@ -214,7 +214,8 @@ CELEBA_SELECT: dict[str, list[str]] = {
         "train.warmup_epochs=1",
     ],
 }
-# round 4: the margin loss's scale (never varied before; 44 by default for 158 classes) in the two-stage recipe
+# round 3 (benchmarks/recipes.md): the margin loss's scale, never varied before (the rule's 44 for 158 classes), in
+# the two-stage recipe; with the first round's choice, the new recipe and the two-stage one on splits 101-102
 CELEBA_SELECT |= {
     f"configs/faces_cpu.yaml, 15 min then ArcFace scale {scale} 5 min": [
         *CELEBA_SELECT["configs/faces_cpu.yaml, 15 min then ArcFace 5 min"],
@@ -404,7 +405,9 @@ def last_epoch(run: Path) -> dict:
 
 
 def run_name(t: dict) -> str:
-    return trial_key(t).replace("|", "_").replace(" ", "-").replace("(", "").replace(")", "")
+    """The trial's folder under ``runs/``: one folder, even for a variant named after a config (``configs/x.yaml``)."""
+    name = trial_key(t).replace("|", "_").replace(" ", "-").replace("/", "-")
+    return name.replace("(", "").replace(")", "")
 
 
 def split_stages(overrides: list[str]) -> list[list[str]]:

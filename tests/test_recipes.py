@@ -97,3 +97,8 @@ def test_celeba_split_trains_some_people_and_keeps_the_others_for_verification(r
     assert (a == b)[labels == 1].all(), "a genuine pair is one person"
     assert (a != b)[both_known & (labels == 0)].all(), "an impostor pair is two people"
     assert len(pd.read_csv(data / "answers" / "verification_test.csv")) == len(list_images(layout.unknown_test))
+
+
+def test_a_trial_named_after_a_config_runs_in_one_folder(recipes):
+    trial = {"grid": "g", "dataset": "celeba", "split": 100, "variant": "configs/faces_cpu.yaml (x), 15 min", "seed": 1}
+    assert recipes.run_name(trial) == "g_celeba_100_configs-faces_cpu.yaml-x,-15-min_1"
