@@ -215,7 +215,8 @@ CELEBA_SELECT: dict[str, list[str]] = {
     ],
 }
 # round 3 (benchmarks/recipes.md): the margin loss's scale, never varied before (the rule's 44 for 158 classes), in
-# the two-stage recipe; with the first round's choice, the new recipe and the two-stage one on splits 101-102
+# the two-stage recipe; with the first round's choice, the new recipe, drop path 0.5 and the two-stage one on
+# splits 101-102
 CELEBA_SELECT |= {
     f"configs/faces_cpu.yaml, 15 min then ArcFace scale {scale} 5 min": [
         *CELEBA_SELECT["configs/faces_cpu.yaml, 15 min then ArcFace 5 min"],
