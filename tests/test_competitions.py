@@ -346,7 +346,8 @@ def test_demo_term_f26_runs_the_combined_task_end_to_end(tmp_path, capsys):
     args = ["demo", "--term", "f26", "--config", str(ROOT / "configs" / "demo.yaml"), "--data", str(data)]
     args += ["--run", str(run_dir), "--submissions", str(subs), "train.epochs=2", *TINY_MODEL, *TINY_TRAIN]
     assert main(args) == 0
-    assert "passes check-submission (cls+ver-rows)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "passes check-submission (cls+ver-rows)" in printed
 
     metrics = pd.read_csv(run_dir / "metrics.csv")  # every epoch in the competition's own metric
     assert len(metrics) == 2 and metrics["dev_eer"].between(0, 1).all()
@@ -358,6 +359,9 @@ def test_demo_term_f26_runs_the_combined_task_end_to_end(tmp_path, capsys):
     demo = json.loads((subs / "demo_summary_f26.json").read_text())
     assert demo["test_score"] == pytest.approx(combined_score(demo["test_accuracy"], demo["test_eer"]))
     assert demo["format"] == "cls+ver-rows" and "of 30 M" in demo["limit"]
+    verified = json.loads((subs / "demo" / "verify.json").read_text())  # each dev EER says where it comes from
+    assert demo["verify_dev_eer"] == pytest.approx(verified["dev_eer"]) and demo["verify_scoring"].startswith("flip")
+    assert f"verify's dev EER {verified['dev_eer']:.3f} (flip TTA, " in printed
     layout = find_layout(data, "f26")
     frame = pd.read_csv(subs / "submission_f26.csv", dtype=str)
     images, _ = classification_ids(layout)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facenext.errors import UserError
+from facenext.verification.choice import ScoringSetting
 from facenext.verification.reranking import KReciprocal
 from facenext.verification.similarity import Scoring
 
@@ -76,4 +77,4 @@ def test_k_is_capped_at_the_images_there_are_and_negative_counts_are_refused():
     assert distance.shape == (4, 4) and np.isfinite(distance).all()
     assert np.allclose(np.diag(distance), distance.min(1))  # each image is nearest itself
     with pytest.raises(UserError, match="--rerank -2"):
-        Scoring(rerank=-2)
+        ScoringSetting(rerank=-2)

@@ -259,10 +259,13 @@ def test_s22_pairs_from_csv_files_are_scored_into_id_match(tmp_path):
     run = tmp_path / "run"
     args = ["train", str(ROOT / "configs" / "demo.yaml"), "--out", str(run), f"data.root={data}"]
     assert main([*args, "train.epochs=1", *TINY_MODEL, *TINY_TRAIN]) == 0
-    assert main(["verify", str(run), "--out", str(tmp_path / "verify")]) == 0
+    assert main(["verify", str(run), "--out", str(tmp_path / "verify"), "--expand", "auto", "--rerank", "auto"]) == 0
     summary = json.loads((tmp_path / "verify" / "verify.json").read_text())
     dev = pd.read_csv(find_layout(data).val_pairs)
     assert summary["dev_pairs"] == len(dev) and 0 <= summary["dev_auc"] <= 1
+    # S22 ranks by AUC: candidates are scored by it, so the chosen one's dev score is the AUC it reaches, not 1 - EER
+    scoring = summary["scoring"]
+    assert len(scoring["dev"]) > 3 and scoring["dev"][scoring["chosen"]] == pytest.approx(summary["dev_auc"], abs=1e-9)
     submission = pd.read_csv(tmp_path / "verify" / "verification_submission.csv")
     assert list(submission.columns) == ["id", "match"]
     assert len(submission) == len(pd.read_csv(find_layout(data).test_pairs))

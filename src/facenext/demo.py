@@ -167,7 +167,7 @@ def run_pairs_demo(
     if combined:  # dev logits give the ensemble's dev accuracy, test logits the classification part
         predict(run_dir, "dev", out_dir=run_out)
         predict(run_dir, "test", out_dir=run_out)
-    verify(run_dir, out_dir=run_out)
+    verified = verify(run_dir, out_dir=run_out)
     submission = out / f"submission_{term}.csv"
     ensemble([run_dir], out=submission, predictions=out, fmt=config.predict.submission_format)
     checked = check_submission(submission, layout, fmt=config.predict.submission_format)
@@ -177,6 +177,9 @@ def run_pairs_demo(
         "dev_accuracy": trained.get("best_dev_acc"),
         "dev_eer": trained.get("best_dev_eer"),
         "dev_score": trained.get("best_dev_score"),
+        # the submission's verification part is verify's (its TTA and scoring), not the training epoch's plain check
+        "verify_dev_eer": verified["dev_eer"],
+        "verify_scoring": f"{verified['tta']} TTA, {verified['scoring']['chosen']}",
         "parameters": trained["parameters"],
         "limit": limit_margin(trained["parameters"], layout.term),
         "format": checked.name,
@@ -192,8 +195,9 @@ def run_pairs_demo(
         if k in summary
     )
     logger.info(
-        f"\ndemo summary ({term.upper()}): dev accuracy {summary['dev_accuracy']:.3f}, "
+        f"\ndemo summary ({term.upper()}): best epoch's dev accuracy {summary['dev_accuracy']:.3f}, "
         f"dev EER {summary['dev_eer']:.3f}, dev score {summary['dev_score']:.3f}"
+        + f"; verify's dev EER {summary['verify_dev_eer']:.3f} ({summary['verify_scoring']})"
         + (f"; test {tests}" if tests else "")
         + f"; {summary['limit']}; {submission} passes check-submission ({checked.name}); "
         f"wall time {summary['wall_s']:.0f} s\nsaved to {out / f'demo_summary_{term}.json'}"

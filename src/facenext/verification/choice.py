@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from ..config import AUTO, neighbours
 from .similarity import Scoring
@@ -169,16 +170,27 @@ def equal_error_rate(scores: np.ndarray, genuine: np.ndarray) -> float:
     return float((false_accept[crossing] + false_reject[crossing]) / 2)
 
 
+def area_under_roc(scores: np.ndarray, genuine: np.ndarray) -> float:
+    """ROC AUC of the scores for the genuine pairs (nan without both kinds, as ``equal_error_rate``)."""
+    if genuine.all() or not genuine.any():
+        return float("nan")
+    return float(roc_auc_score(genuine, scores))
+
+
 @dataclass
 class PairOutcome:
-    """Dev pair scores of one candidate; its score is 1 - EER (higher is better)."""
+    """Dev pair scores of one candidate; its score is the leaderboard's (higher is better): 1 - EER, or the ROC AUC
+    where the term ranks by it (S22), so that the scoring is chosen for the metric that grades it."""
 
     scores: np.ndarray
     genuine: np.ndarray
+    metric: str = "eer"  # the term's ver_metric: eer or auc
 
     @property
     def items(self) -> int:
         return len(self.scores)
 
     def score(self, index: np.ndarray) -> float:
+        if self.metric == "auc":
+            return area_under_roc(self.scores[index], self.genuine[index])
         return 1.0 - equal_error_rate(self.scores[index], self.genuine[index])

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
 from .expansion import expand
 from .reranking import KReciprocal
 
@@ -35,13 +34,8 @@ class Scoring:
     """``expand``: neighbours of query expansion (``verify.expand``); ``rerank``: k1 of k-reciprocal re-ranking
     (``verify.rerank``); 0 turns either off."""
 
-    expand: int = 0
+    expand: int = 0  # a count already checked (``config.neighbours``, through ``choice.ScoringSetting``)
     rerank: int = 0
-
-    def __post_init__(self) -> None:
-        for flag, value in (("expand", self.expand), ("rerank", self.rerank)):
-            if value < 0:
-                raise UserError(f"--{flag} {value} (verify.{flag}): give a number of neighbours, 0 or more (0: off)")
 
     def describe(self) -> str:
         parts = []
