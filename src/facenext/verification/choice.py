@@ -184,13 +184,13 @@ class PairOutcome:
 
     scores: np.ndarray
     genuine: np.ndarray
-    metric: str = "eer"  # the term's ver_metric: eer or auc
+    by_auc: bool = False  # the term ranks its pairs by ROC AUC (S22), not by the EER
 
     @property
     def items(self) -> int:
         return len(self.scores)
 
     def score(self, index: np.ndarray) -> float:
-        if self.metric == "auc":
+        if self.by_auc:
             return area_under_roc(self.scores[index], self.genuine[index])
         return 1.0 - equal_error_rate(self.scores[index], self.genuine[index])

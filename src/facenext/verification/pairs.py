@@ -49,9 +49,9 @@ def evaluate_pairs(
     paths, first, second = pair_images(layout, val)
     feats = cache.get("dev", paths)
     labels = val["label"].astype(int).to_numpy()
-    metric = "auc" if layout.term.ver_metric == "auc" else "eer"
-    name = {"auc": "dev ROC AUC", "eer": "dev 1 - EER"}[metric]
-    choice = choose(setting, lambda s: PairOutcome(s.pairs(feats, first, second), labels, metric), name)
+    by_auc = layout.term.ver_metric == "auc"  # as competitions.family_of reads it
+    what = "dev ROC AUC" if by_auc else "dev 1 - EER"
+    choice = choose(setting, lambda s: PairOutcome(s.pairs(feats, first, second), labels, by_auc), what)
     scores = choice.outcome.scores
     metrics = pair_metrics(scores, labels)
     summary: dict[str, Any] = {f"dev_{k}": v for k, v in metrics.items()}
