@@ -224,6 +224,13 @@ CELEBA_SELECT |= {
     ]
     for scale in (32, 64)
 }
+# round 4 (issue 26 item 4, the targets): what the first three rounds left alone, around configs/faces_cpu.yaml
+CELEBA_SELECT |= {
+    "configs/faces_cpu.yaml, lr 1e-3": [FACES, "train.lr=1e-3"],
+    "configs/faces_cpu.yaml, 144 px (the crops enlarged)": [FACES, "data.image_size=144"],
+    "configs/faces_cpu.yaml, GDC pool": [FACES, "model.pool=gdc"],
+    "configs/faces_cpu.yaml, no label smoothing": [FACES, "train.label_smoothing=0"],
+}
 GRIDS = {
     "celeba": (CELEBA_GRID, ("celeba",)),
     "celeba_select": (CELEBA_SELECT, ("celeba",)),

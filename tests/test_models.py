@@ -221,3 +221,27 @@ def test_a_timm_run_saved_before_the_head_split_averages_and_starts_another(samp
     args = train_args(sample, second, *timm_model, "train.epochs=1", f"train.init_from={tops[0]}")
     result = facenext(*args)
     assert result.returncode == 0 and f"initialised {len(new)} of {len(new)} tensors" in result.stdout, result.stderr
+
+
+def test_gdc_pool_weighs_positions_and_takes_other_input_sizes():
+    from facenext.config import Config
+    from facenext.errors import UserError
+    from facenext.models import model_from_config
+
+    config = Config()
+    config.model.name, config.model.pool, config.data.image_size = "lean_nano", "gdc", 64
+    model = model_from_config(config, 5).eval()
+    pool = model.head.pool
+    assert pool.grid == 2, "a 64 px input leaves a 2 x 2 map after the 32-fold downsampling"
+    features = torch.randn(3, 160, 2, 2)
+    with torch.no_grad():
+        pool.conv.weight.fill_(0.25)  # equal weights: GDC becomes global average pooling (BN in eval, fresh stats)
+        assert torch.allclose(model.head.features(features), features.mean((2, 3)), atol=1e-4)
+        pool.conv.weight[:, :, 0, 0] = 1.0  # weight on one corner: the corner now counts four times the others
+        expected = (features.sum((2, 3)) * 0.25 + features[:, :, 0, 0] * 0.75) / (1 + 1e-5) ** 0.5
+        assert torch.allclose(model.head.features(features), expected, atol=1e-4)
+        # another input size (a TTA scale) is averaged onto the grid first
+        assert model(torch.randn(2, 3, 96, 96), return_feats=True).shape == (2, 160)
+    config.model.name = "timm:resnet10t"
+    with pytest.raises(UserError, match="timm models pool alone"):
+        model_from_config(config, 5)

@@ -52,6 +52,9 @@ class ModelConfig:
     # frozen zero bias (BNNeck, Luo et al. 2019). The face head is the same on timm:<name> backbones.
     embed_dim: int | None = None
     neck: str = "none"
+    # How the last feature map becomes one vector: avg (global average) or gdc (a learnt weight per channel and
+    # position, MobileFaceNet's global depthwise convolution: a centred face's middle and corners need not count alike)
+    pool: str = "avg"
     init_std: float = 0.02  # truncated-normal init std (the seed's notebook used 0.2)
     classifier: str | None = None  # linear or cosine; null: cosine under a margin loss (train.loss), else linear
     # Logit scale of the cosine classifier; null: 64 from 10,575 classes up, less for fewer (facenext.losses)

@@ -119,6 +119,8 @@ class ConvNeXt(FaceModel):
         head_norm: normalise the pooled features before the classifier.
         embed_dim: when set, a linear projection (plus BatchNorm1d) to this size gives the embedding.
         neck: ``"none"``, or ``"bn"`` for a BatchNorm1d neck on the pooled features (BNNeck) giving the embedding.
+        pool: ``"avg"`` (global average) or ``"gdc"`` (a learnt weight per position: ``DepthwisePool``).
+        pool_grid: the side of the last feature map that GDC weighs (an input's side // 32).
         drop_path_rate: stochastic depth rate of the last block; it rises linearly from 0 over all blocks.
         drop_rate: dropout before the classifier.
         kernel_size: depthwise convolution kernel.
@@ -147,6 +149,8 @@ class ConvNeXt(FaceModel):
         classifier: str = "linear",
         cosine_scale: float = 30.0,
         neck: str = "none",
+        pool: str = "avg",
+        pool_grid: int = 3,
     ) -> None:
         super().__init__()
         if len(dims) != len(depths):
@@ -169,7 +173,16 @@ class ConvNeXt(FaceModel):
         self.num_features = dims[-1]
         head_norm_layer = make_norm(norm, dims[-1]) if head_norm else None
         self.head = FaceHead(
-            dims[-1], num_classes, head_norm_layer, embed_dim, drop_rate, classifier, cosine_scale, neck
+            dims[-1],
+            num_classes,
+            head_norm_layer,
+            embed_dim,
+            drop_rate,
+            classifier,
+            cosine_scale,
+            neck,
+            pool,
+            pool_grid,
         )
         self.init_std = init_std
         self.apply(lambda module: init_linear(module, init_std))

@@ -8,14 +8,16 @@ projection, or a BN neck) and the classifier on it (linear, or cosine for the ma
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
 from ..losses import CosineClassifier
 
-__all__ = ["NECKS", "FaceHead", "FaceModel", "bn_neck", "init_linear"]
+__all__ = ["NECKS", "POOLS", "DepthwisePool", "FaceHead", "FaceModel", "bn_neck", "init_linear"]
 
 NECKS = ("none", "bn")
+POOLS = ("avg", "gdc")
 CLASSIFIERS = ("linear", "cosine")
 
 
@@ -36,9 +38,30 @@ def init_linear(module: nn.Module, std: float) -> None:
             nn.init.zeros_(module.bias)
 
 
+class DepthwisePool(nn.Module):
+    """Global depthwise convolution (GDC; Chen et al. 2018, "MobileFaceNets"): one learnt weight per channel and
+    position of the last feature map, then BatchNorm. A face crop is centred, so its middle and its corners need not
+    count alike, as they do under global average pooling.
+
+    The map is averaged onto ``grid`` x ``grid`` first when its size differs, so inputs of another size (TTA scales)
+    still give an embedding.
+    """
+
+    def __init__(self, dim: int, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.conv = nn.Conv2d(dim, dim, grid, groups=dim, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.grid, self.grid):
+            x = F.adaptive_avg_pool2d(x, self.grid)
+        return self.bn(self.conv(x))
+
+
 class FaceHead(nn.Module):
-    """Global average pool (of a feature map) -> optional norm -> embedding (pooled, projected or BN neck) -> dropout
-    -> classifier.
+    """Pool (of a feature map: global average, or GDC) -> optional norm -> embedding (pooled, projected or BN neck)
+    -> dropout -> classifier.
 
     The embedding ``features`` returns is the classifier's input, so the cosine classifier of a margin loss shapes
     exactly the vectors that verification compares.
@@ -52,6 +75,8 @@ class FaceHead(nn.Module):
         classifier: ``"linear"``, or ``"cosine"`` (normalised weights and features, for ArcFace/CosFace).
         cosine_scale: the cosine classifier's logit scale.
         neck: ``"none"``, or ``"bn"`` for a BatchNorm1d neck on the pooled features (BNNeck) giving the embedding.
+        pool: ``"avg"`` (global average) or ``"gdc"`` (``DepthwisePool``) for a feature map.
+        pool_grid: the side of the feature map GDC weighs (the last map's at the training size).
     """
 
     def __init__(
@@ -64,8 +89,12 @@ class FaceHead(nn.Module):
         classifier: str = "linear",
         cosine_scale: float = 30.0,
         neck: str = "none",
+        pool: str = "avg",
+        pool_grid: int = 3,
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}: use {' or '.join(POOLS)}")
         if neck not in NECKS:
             raise ValueError(f"unknown neck {neck!r}: use {' or '.join(NECKS)}")
         if neck != "none" and embed_dim:
@@ -88,11 +117,13 @@ class FaceHead(nn.Module):
         else:
             # BNNeck's classifier has no bias: the neck centres the features, and the paper drops it.
             self.fc = nn.Linear(self.embed_dim, num_classes, bias=self.neck is None)
+        # Last, so that runs without it keep their parameter order.
+        self.pool = DepthwisePool(in_dim, pool_grid) if pool == "gdc" else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding of a feature map (N, C, H, W), which is pooled first, or of pooled features (N, C)."""
         if x.ndim == 4:
-            x = x.mean((2, 3), keepdim=True)
+            x = self.pool(x) if self.pool is not None else x.mean((2, 3), keepdim=True)
         x = self.norm(x).flatten(1)
         if self.embed is not None:
             x = self.embed(x)
