@@ -245,3 +245,14 @@ def test_gdc_pool_weighs_positions_and_takes_other_input_sizes():
     config.model.name = "timm:resnet10t"
     with pytest.raises(UserError, match="timm models pool alone"):
         model_from_config(config, 5)
+
+
+def test_a_gdc_run_trains_and_its_embeddings_verify(sample, tmp_path):
+    """A run with the GDC pool through the CLI: its saved config rebuilds the pool for predict and verify."""
+    run = tmp_path / "gdc"
+    assert main(train_args(sample, run, "model.pool=gdc", "data.image_size=64", "train.epochs=2")) == 0
+    weights = load_checkpoint(run / "best.pt")["model"]
+    assert weights["head.pool.conv.weight"].shape[-2:] == (2, 2), "the sample's 64 px leave a 2 x 2 map"
+    result = facenext("verify", run, "--out", tmp_path / "verify", "--expand", "0", "--rerank", "0")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "verify" / "verification_submission.csv").is_file()
