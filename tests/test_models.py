@@ -256,3 +256,10 @@ def test_a_gdc_run_trains_and_its_embeddings_verify(sample, tmp_path):
     result = facenext("verify", run, "--out", tmp_path / "verify", "--expand", "0", "--rerank", "0")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "verify" / "verification_submission.csv").is_file()
+
+
+def test_gdc_grid_follows_the_stages_a_config_gives():
+    two_stages = create_model("lean_nano", 5, dims=(8, 16), depths=(1, 1), pool="gdc", image_size=64)
+    assert two_stages.head.pool.grid == 8, "64 px: 16 after the stem, 8 after the one downsampling stage"
+    with torch.no_grad():
+        assert two_stages.forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == two_stages.head.pool.grid

@@ -120,7 +120,8 @@ class ConvNeXt(FaceModel):
         embed_dim: when set, a linear projection (plus BatchNorm1d) to this size gives the embedding.
         neck: ``"none"``, or ``"bn"`` for a BatchNorm1d neck on the pooled features (BNNeck) giving the embedding.
         pool: ``"avg"`` (global average) or ``"gdc"`` (a learnt weight per position: ``DepthwisePool``).
-        pool_grid: the side of the last feature map that GDC weighs (an input's side // 32).
+        image_size: the training input's side, which sets the last map's side that GDC weighs (it is divided by 4 in
+            the stem and by 2 in each later stage).
         drop_path_rate: stochastic depth rate of the last block; it rises linearly from 0 over all blocks.
         drop_rate: dropout before the classifier.
         kernel_size: depthwise convolution kernel.
@@ -150,7 +151,7 @@ class ConvNeXt(FaceModel):
         cosine_scale: float = 30.0,
         neck: str = "none",
         pool: str = "avg",
-        pool_grid: int = 3,
+        image_size: int = 224,
     ) -> None:
         super().__init__()
         if len(dims) != len(depths):
@@ -182,7 +183,7 @@ class ConvNeXt(FaceModel):
             cosine_scale,
             neck,
             pool,
-            pool_grid,
+            max(1, image_size // (4 * 2 ** (len(dims) - 1))),
         )
         self.init_std = init_std
         self.apply(lambda module: init_linear(module, init_std))

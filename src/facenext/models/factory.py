@@ -102,14 +102,14 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     Keyword arguments override the variant's architecture (``dims``, ``depths``, ...) or set training options
     (``drop_path_rate``, ``embed_dim``, ``init_std``) and the face head (``embed_dim``, ``neck``, ``classifier``,
-    ``cosine_scale``, ``drop_rate``), for timm models too (``pool`` and ``pool_grid`` for ours only); the rest goes to
+    ``cosine_scale``, ``drop_rate``), for timm models too (``pool`` and ``image_size`` for ours only); the rest goes to
     ``timm.create_model``. ``None`` values are ignored.
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if name.startswith(TIMM_PREFIX):
         if kwargs.pop("pool", "avg") != "avg":
             raise ValueError("pool gdc weighs the positions of this project's ConvNeXt maps: timm models pool alone")
-        kwargs.pop("pool_grid", None)
+        kwargs.pop("image_size", None)
         return TimmFaceModel(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")
@@ -157,8 +157,7 @@ def model_from_config(config: Config, num_classes: int) -> nn.Module:
             cosine_scale=m.cosine_scale if m.classifier != "linear" else None,
             neck=m.neck if m.neck != "none" else None,
             pool=m.pool if m.pool != "avg" else None,
-            # the last map's side at the training size: every model here downsamples 32 times
-            pool_grid=max(1, config.data.image_size // 32) if m.pool != "avg" else None,
+            image_size=config.data.image_size if m.pool != "avg" else None,  # GDC's grid is the last map at this size
         )
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"cannot build model {m.name!r}: {e}") from None
