@@ -102,3 +102,13 @@ def test_celeba_split_trains_some_people_and_keeps_the_others_for_verification(r
 def test_a_trial_named_after_a_config_runs_in_one_folder(recipes):
     trial = {"grid": "g", "dataset": "celeba", "split": 100, "variant": "configs/faces_cpu.yaml (x), 15 min", "seed": 1}
     assert recipes.run_name(trial) == "g_celeba_100_configs-faces_cpu.yaml-x,-15-min_1"
+
+
+def test_every_grid_is_named_variants_of_overrides(recipes):
+    # Two module-level names once collided and left a grid pointing at a plain list of overrides.
+    for grid, (variants, datasets) in recipes.GRIDS.items():
+        assert isinstance(variants, dict) and variants, grid
+        for name, overrides in variants.items():
+            assert isinstance(overrides, list), (grid, name)
+            assert all(o == recipes.THEN or o.startswith("@") or "=" in o for o in overrides), (grid, name)
+        assert recipes.plan_trials(grid, variants, datasets, "selection"), grid
