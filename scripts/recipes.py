@@ -33,6 +33,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -797,6 +798,21 @@ def done_keys(results: Path) -> set[str]:
     return {r["key"] for r in map(json.loads, results.read_text().splitlines()) if r.get("exit") == 0}
 
 
+def exit_with_parent(parent: int, every_s: float = 2.0) -> None:
+    """A trial worker's initializer: the worker ends when the script that started it ends, even by ``kill``.
+
+    Killing the script alone leaves its spawned workers training on, unseen (they are not named after the script),
+    into run folders that the next launch of the same trial writes too, and on cores the next runs need.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)  # checkpoints are written to a temporary file and renamed: none is left half-written
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_grid(args: argparse.Namespace) -> None:
     variants, datasets = GRIDS[args.grid]
     if args.variants:
@@ -815,7 +831,8 @@ def run_grid(args: argparse.Namespace) -> None:
     print(f"{len(todo)} trials to run, {args.jobs} at a time", flush=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     tic = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+    spawn = get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, spawn, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         todo = [{**t, "overrides": with_extra(t["overrides"], args.extra)} for t in todo]
         futures = [pool.submit(run_trial, t, str(work), args.config, args.threads) for t in todo]
         for i, future in enumerate(as_completed(futures), 1):

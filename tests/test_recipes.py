@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -112,3 +115,43 @@ def test_every_grid_is_named_variants_of_overrides(recipes):
             assert isinstance(overrides, list), (grid, name)
             assert all(o == recipes.THEN or o.startswith("@") or "=" in o for o in overrides), (grid, name)
         assert recipes.plan_trials(grid, variants, datasets, "selection"), grid
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc (Linux)")
+def test_a_trial_worker_ends_when_the_script_that_started_it_is_killed(tmp_path):
+    # The script's pool, as run_grid builds it, with a trial that would outlive any test: kill the script (SIGKILL,
+    # nothing of it runs after) and its worker must go too.
+    script = tmp_path / "grid.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'scripts')!r})\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "import recipes\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, get_context('spawn'), initializer=recipes.exit_with_parent,\n"
+        "                               initargs=(os.getpid(), 0.1))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    script_proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    worker = int(script_proc.stdout.readline())
+    assert pid_alive(worker)
+    script_proc.kill()
+    script_proc.wait()
+    deadline = time.monotonic() + 30
+    while pid_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(worker), "the worker outlived the script that started it"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a worker that has exited but not been reaped yet (its parent is gone, so init reaps it) counts as ended
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
