@@ -119,8 +119,8 @@ def test_every_grid_is_named_variants_of_overrides(recipes):
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc (Linux)")
 def test_a_trial_worker_ends_when_the_script_that_started_it_is_killed(tmp_path):
-    # The script's pool, as run_grid builds it, with a trial that would outlive any test: kill the script (SIGKILL,
-    # nothing of it runs after) and its worker must go too.
+    # A script with a pool of one worker started by run_grid's initializer, and a trial that would outlive any test:
+    # kill the script (SIGKILL, so nothing of it runs after) and its worker must go too.
     script = tmp_path / "grid.py"
     script.write_text(
         "import os, sys, time\n"
@@ -137,14 +137,17 @@ def test_a_trial_worker_ends_when_the_script_that_started_it_is_killed(tmp_path)
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     script_proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
-    worker = int(script_proc.stdout.readline())
-    assert pid_alive(worker)
-    script_proc.kill()
-    script_proc.wait()
+    with script_proc:
+        worker = int(script_proc.stdout.readline())
+        assert pid_alive(worker)
+        script_proc.kill()
     deadline = time.monotonic() + 30
     while pid_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not pid_alive(worker), "the worker outlived the script that started it"
+    outlived = pid_alive(worker)
+    if outlived:
+        os.kill(worker, 9)  # not left sleeping for ten minutes after a failure
+    assert not outlived, "the worker outlived the script that started it"
 
 
 def pid_alive(pid: int) -> bool:
