@@ -158,6 +158,13 @@ FACES = "@configs/faces_cpu.yaml"  # a variant that trains from configs/faces_cp
 # Round 3's faces_cpu.yaml, pinned: the file changed in round 4 (lr 1e-3, GDC pool). A selection variant named
 # "configs/faces_cpu.yaml, ..." before round 4's GDC rows trains from round 3's file.
 FACES_ROUND3 = [FACES, "train.lr=3e-3", "model.pool=avg"]
+
+
+def then_arcface(first: list[str], lr: str) -> list[str]:
+    """The two-stage recipe within 20 minutes: ``first`` for 15, then ArcFace from its weights for 5 at ``lr``."""
+    return [*first, "train.budget=15m", THEN, *ARC, "train.budget=5m", f"train.lr={lr}", "train.warmup_epochs=1"]
+
+
 BN_NECK = [*FACES_ROUND3, "model.drop_path_rate=0.1", "train.weight_decay=0.05"]  # the first round's faces_cpu.yaml
 CELEBA_GRID: dict[str, list[str]] = {
     "studio_cpu.yaml (faces_cpu.yaml before issue 26), 20 min": ["train.budget=20m"],
@@ -209,15 +216,7 @@ CELEBA_SELECT: dict[str, list[str]] = {
     "BN neck, drop path 0.5": [*BN_NECK, "model.drop_path_rate=0.5"],
     "BN neck, drop path 0.3, weight decay 0.2": [*BN_NECK, "model.drop_path_rate=0.3", "train.weight_decay=0.2"],
     # round 2, last: the two-stage loss on the recipe chosen (configs/faces_cpu.yaml: drop path 0.3, weight decay 0.2)
-    "configs/faces_cpu.yaml, 15 min then ArcFace 5 min": [
-        *FACES_ROUND3,
-        "train.budget=15m",
-        THEN,
-        *ARC,
-        "train.budget=5m",
-        "train.lr=1e-3",
-        "train.warmup_epochs=1",
-    ],
+    "configs/faces_cpu.yaml, 15 min then ArcFace 5 min": then_arcface(FACES_ROUND3, "1e-3"),
 }
 # round 3 (benchmarks/recipes.md): the margin loss's scale, never varied before (the rule's 44 for 158 classes), in
 # the two-stage recipe; with the first round's choice, the new recipe, drop path 0.5 and the two-stage one on
@@ -246,15 +245,8 @@ CELEBA_SELECT |= {
     # the runs end still learning (dev accuracy rising at the last epoch): twice the updates per epoch
     "configs/faces_cpu.yaml (round 4), batch 16": [FACES, "train.batch_size=16"],
     "configs/faces_cpu.yaml (round 4), drop path 0.2": [FACES, "model.drop_path_rate=0.2"],
-    "configs/faces_cpu.yaml (round 4), 15 min then ArcFace 5 min": [
-        FACES,
-        "train.budget=15m",
-        THEN,
-        *ARC,
-        "train.budget=5m",
-        "train.lr=3e-4",  # a third of the first stage's, as round 2's 1e-3 was of 3e-3
-        "train.warmup_epochs=1",
-    ],
+    # the second stage's lr a third of the first's, as round 2's 1e-3 was of 3e-3
+    "configs/faces_cpu.yaml (round 4), 15 min then ArcFace 5 min": then_arcface([FACES], "3e-4"),
 }
 GRIDS = {
     "celeba": (CELEBA_GRID, ("celeba",)),
@@ -813,6 +805,13 @@ def exit_with_parent(parent: int, every_s: float = 2.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def trial_pool(jobs: int, every_s: float = 2.0) -> ProcessPoolExecutor:
+    """Worker processes for trials, each a fresh interpreter (spawn), each ending with this one."""
+    return ProcessPoolExecutor(
+        jobs, get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(), every_s)
+    )
+
+
 def run_grid(args: argparse.Namespace) -> None:
     variants, datasets = GRIDS[args.grid]
     if args.variants:
@@ -831,8 +830,7 @@ def run_grid(args: argparse.Namespace) -> None:
     print(f"{len(todo)} trials to run, {args.jobs} at a time", flush=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     tic = time.perf_counter()
-    spawn = get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, spawn, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+    with trial_pool(args.jobs) as pool:
         todo = [{**t, "overrides": with_extra(t["overrides"], args.extra)} for t in todo]
         futures = [pool.submit(run_trial, t, str(work), args.config, args.threads) for t in todo]
         for i, future in enumerate(as_completed(futures), 1):

@@ -119,18 +119,15 @@ def test_every_grid_is_named_variants_of_overrides(recipes):
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc (Linux)")
 def test_a_trial_worker_ends_when_the_script_that_started_it_is_killed(tmp_path):
-    # A script with a pool of one worker started by run_grid's initializer, and a trial that would outlive any test:
-    # kill the script (SIGKILL, so nothing of it runs after) and its worker must go too.
+    # A script with run_grid's pool of one worker, and a trial that would outlive any test: kill the script (SIGKILL,
+    # so nothing of it runs after) and its worker must go too.
     script = tmp_path / "grid.py"
     script.write_text(
         "import os, sys, time\n"
         f"sys.path.insert(0, {str(ROOT / 'scripts')!r})\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
-        "from multiprocessing import get_context\n"
         "import recipes\n"
         "if __name__ == '__main__':\n"
-        "    pool = ProcessPoolExecutor(1, get_context('spawn'), initializer=recipes.exit_with_parent,\n"
-        "                               initargs=(os.getpid(), 0.1))\n"
+        "    pool = recipes.trial_pool(1, every_s=0.1)\n"
         "    print(pool.submit(os.getpid).result(), flush=True)\n"
         "    pool.submit(time.sleep, 600)\n"
         "    time.sleep(600)\n"
@@ -156,5 +153,8 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # a worker that has exited but not been reaped yet (its parent is gone, so init reaps it) counts as ended
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped between the two looks
+        return False
