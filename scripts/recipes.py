@@ -155,10 +155,12 @@ HEADLINE_VER: dict[str, list[str]] = {"configs/faces_cpu.yaml, train.loss=arcfac
 # Real faces (issue 26): the recipe before it for 20 minutes (as the issue measured it), the first round's choice and
 # the recipe chosen here; all three numbers from one run.
 FACES = "@configs/faces_cpu.yaml"  # a variant that trains from configs/faces_cpu.yaml instead of --config
-# Round 3's faces_cpu.yaml, pinned: the file changed in round 4 (lr 1e-3, GDC pool). A selection variant named
-# "configs/faces_cpu.yaml, ..." before round 4's GDC rows trains from round 3's file.
-FACES_ROUND3 = [FACES, "train.lr=3e-3", "model.pool=avg"]
-FACES_ROUND5 = [FACES, "train.label_smoothing=0"]  # round 4's file without label smoothing, pinned likewise
+# Earlier faces_cpu.yaml files, pinned: the file changed in round 4 (lr 1e-3, GDC pool) and after round 5 (label
+# smoothing 0; null is the loss's own default, 0.1 under cross-entropy and 0 under a margin loss). A selection variant
+# named "configs/faces_cpu.yaml, ..." before round 4's GDC rows trains from round 3's file, "(round 4)" from round 4's.
+FACES_ROUND3 = [FACES, "train.lr=3e-3", "model.pool=avg", "train.label_smoothing=null"]
+FACES_ROUND4 = [FACES, "train.label_smoothing=null"]
+FACES_ROUND5 = [FACES, "train.label_smoothing=0"]  # round 4's file without label smoothing: the file since round 5
 
 
 def then_arcface(first: list[str], lr: str) -> list[str]:
@@ -172,12 +174,14 @@ CELEBA_GRID: dict[str, list[str]] = {
     # the first round's choice (112 px, BN neck), before drop path and weight decay were raised
     "faces_cpu.yaml, first round (drop path 0.1, weight decay 0.05)": BN_NECK,
     "faces_cpu.yaml, round 3 (lr 3e-3, average pool)": FACES_ROUND3,  # its report rows were "configs/faces_cpu.yaml"
-    "configs/faces_cpu.yaml": [FACES],  # the recipe chosen on celeba's selection splits (round 4)
+    # its report rows were "configs/faces_cpu.yaml" until round 5 took label smoothing off
+    "faces_cpu.yaml, round 4 (lr 1e-3, GDC pool, label smoothing 0.1)": FACES_ROUND4,
+    # the recipe chosen on celeba's selection splits (round 5); its report rows ran as "configs/faces_cpu.yaml, no
+    # label smoothing" (FACES_ROUND5) before the file took the change
+    "configs/faces_cpu.yaml": [FACES],
     # the old recipe again, on the machine the new one was measured on: it ran 112 px epochs a quarter slower than
     # the first round's, and a time budget turns speed into epochs
     "studio_cpu.yaml, 20 min, beside the new faces_cpu.yaml": ["train.budget=20m"],
-    # round 5's choice on the selection splits, measured where numbers are quoted before the file takes it
-    "configs/faces_cpu.yaml, no label smoothing": FACES_ROUND5,
 }
 # Issue 26 item 2: one factor at a time around the best so far on a selection split, screened with 10-minute runs
 # and settled with 20-minute ones, then rounds 2 and 3 around that choice: the variants measured
@@ -243,18 +247,17 @@ CELEBA_SELECT |= {
 # round 5: around round 4's file (lr 1e-3, GDC pool), each variant beside that file again on the same split: this
 # machine's speed changed between sessions, and the budget turns speed into epochs
 CELEBA_SELECT |= {
-    "configs/faces_cpu.yaml (round 4), again beside round 5": [FACES],
-    "configs/faces_cpu.yaml (round 4), no label smoothing": [FACES, "train.label_smoothing=0"],
-    # the runs end still learning (dev accuracy rising at the last epoch): twice the updates per epoch
-    "configs/faces_cpu.yaml (round 4), batch 16": [FACES, "train.batch_size=16"],
-    "configs/faces_cpu.yaml (round 4), drop path 0.2": [FACES, "model.drop_path_rate=0.2"],
-    # the second stage's lr a third of the first's, as round 2's 1e-3 was of 3e-3
-    "configs/faces_cpu.yaml (round 4), 15 min then ArcFace 5 min": then_arcface([FACES], "3e-4"),
+    "configs/faces_cpu.yaml (round 4), again beside round 5": FACES_ROUND4,
+    "configs/faces_cpu.yaml (round 4), no label smoothing": FACES_ROUND5,
 }
 # round 6: around round 5's choice (round 4's file without label smoothing)
 CELEBA_SELECT |= {
-    # round 5's runs still ended with dev accuracy rising: twice the updates per epoch, at the same learning rate
+    "configs/faces_cpu.yaml (round 5), again beside round 6": FACES_ROUND5,
+    # the runs still end with dev accuracy rising: twice the updates per epoch, at the same learning rate
     "configs/faces_cpu.yaml (round 5), batch 16": [*FACES_ROUND5, "train.batch_size=16"],
+    "configs/faces_cpu.yaml (round 5), drop path 0.2": [*FACES_ROUND5, "model.drop_path_rate=0.2"],
+    # the second stage's lr a third of the first's, as round 2's 1e-3 was of 3e-3
+    "configs/faces_cpu.yaml (round 5), 15 min then ArcFace 5 min": then_arcface(FACES_ROUND5, "3e-4"),
 }
 GRIDS = {
     "celeba": (CELEBA_GRID, ("celeba",)),
