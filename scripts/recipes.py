@@ -158,8 +158,8 @@ FACES = "@configs/faces_cpu.yaml"  # a variant that trains from configs/faces_cp
 # Earlier faces_cpu.yaml files, pinned: the file changed in round 4 (lr 1e-3, GDC pool) and after round 5 (label
 # smoothing 0; null is the loss's own default, 0.1 under cross-entropy and 0 under a margin loss). A selection variant
 # named "configs/faces_cpu.yaml, ..." before round 4's GDC rows trains from round 3's file, "(round 4)" from round 4's.
-FACES_ROUND3 = [FACES, "train.lr=3e-3", "model.pool=avg", "train.label_smoothing=null"]
 FACES_ROUND4 = [FACES, "train.label_smoothing=null"]
+FACES_ROUND3 = [*FACES_ROUND4, "train.lr=3e-3", "model.pool=avg"]
 FACES_ROUND5 = [FACES, "train.label_smoothing=0"]  # round 4's file without label smoothing: the file since round 5
 
 
