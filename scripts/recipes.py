@@ -259,6 +259,12 @@ CELEBA_SELECT |= {
     # the second stage's lr a third of the first's, as round 2's 1e-3 was of 3e-3
     "configs/faces_cpu.yaml (round 5), 15 min then ArcFace 5 min": then_arcface(FACES_ROUND5, "3e-4"),
 }
+# round 7: what round 1 measured on another recipe at 10 minutes (EMA) or round 2 on one split (weight decay 0.05),
+# around round 5's file at 20
+CELEBA_SELECT |= {
+    "configs/faces_cpu.yaml (round 5), EMA 0.999": [*FACES_ROUND5, "train.ema=true", "train.ema_decay=0.999"],
+    "configs/faces_cpu.yaml (round 5), weight decay 0.05": [*FACES_ROUND5, "train.weight_decay=0.05"],
+}
 GRIDS = {
     "celeba": (CELEBA_GRID, ("celeba",)),
     "celeba_select": (CELEBA_SELECT, ("celeba",)),
