@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -530,6 +531,7 @@ def verification_metrics(run: Path) -> dict | None:
     metrics: dict = {}
     for expand, rerank in (*SETTINGS, (0, 0)):
         args = ["verify", str(run), "--out", str(run / "verify"), "--expand", str(expand), "--rerank", str(rerank)]
+        args += ["--gallery", "known"]  # as these rows were measured: expansion and re-ranking need it
         with open(run / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             code = facenext(args)
         if code != 0:
@@ -612,7 +614,8 @@ def celeba_metrics(run: Path, data: Path) -> dict | None:
     numbers: dict = {
         "cls_test_acc": score_against_answers(run / "predict" / "submission.csv", answers / "classification_test.csv")
     }
-    for name, flags in (("plain", ["--expand", "0", "--rerank", "0"]), ("auto", [])):
+    known = ["--gallery", "known"]
+    for name, flags in (("plain", ["--expand", "0", "--rerank", "0", *known]), ("auto", known)):
         if cli(["verify", str(run), "--out", str(out), *flags]) != 0:
             return None
         verified = json.loads((out / "verify.json").read_text())
@@ -624,7 +627,48 @@ def celeba_metrics(run: Path, data: Path) -> dict | None:
     numbers.update(ver_auto_chosen=scoring["chosen"], ver_auto_best_on_dev=scoring["best_on_dev"])
     numbers.update(ver_auto_reason=scoring["reason"], ver_auto_oob_gain=scoring["out_of_bag_gain"])
     features = {part: cached_features(out / f"embeddings_{part}.npz") for part in PAIR_FILES}
-    return {**numbers, **pair_numbers(features, data)}
+    gallery = dev_gallery_metrics(run, data)
+    return None if gallery is None else {**numbers, **pair_numbers(features, data), **gallery}
+
+
+def dev_gallery_metrics(run: Path, data: Path) -> dict | None:
+    """Known/unknown accuracy with unknown_dev's labelled photos in the gallery (``verify --gallery known+dev``, the
+    default since issue 26's seventh session), from the embeddings in ``run/verify``, into ``run/verify_gallery``."""
+    from facenext.cli import main as facenext
+    from facenext.demo import score_against_answers
+
+    out = run / "verify_gallery"
+    out.mkdir(exist_ok=True)
+    for cached in (run / "verify").glob("embeddings_*.npz"):
+        shutil.copy2(cached, out / cached.name)  # the same weights and TTA: verify takes them without embedding
+    with open(run / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        if facenext(["verify", str(run), "--out", str(out), "--gallery", "known+dev"]) != 0:
+            return None
+    verified = json.loads((out / "verify.json").read_text())
+    submission = out / "verification_submission.csv"
+    return {
+        "ver_dev_acc_dev_gallery": verified["dev_accuracy"],
+        "ver_test_acc_dev_gallery": score_against_answers(submission, data / "answers" / "verification_test.csv"),
+    }
+
+
+def add_dev_gallery(args: argparse.Namespace) -> None:
+    """Finished celeba trials (``--results``, rewritten in place) gain the dev-gallery numbers
+    (``dev_gallery_metrics``) where their run folder is here and lacks them."""
+    path = Path(args.results)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        run = Path(args.work) / "runs" / run_name(r)
+        if r.get("exit") != 0 or "ver_test_acc_dev_gallery" in r or not (run / "verify").is_dir():
+            continue
+        found = dev_gallery_metrics(run, dataset(Path(args.work), r["dataset"], r["split"]))
+        if found is not None:
+            r.update(found)
+            plain, joined = r["ver_test_acc_plain"], found["ver_test_acc_dev_gallery"]
+            print(f"{r['key']}: known/unknown {plain:.3f} plain, {joined:.3f} with the dev photos", flush=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    temporary.replace(path)
 
 
 # Eigenfaces' settings, chosen on selection split 100: colour beat greyscale (0.268 against 0.230 classification,
@@ -749,7 +793,7 @@ def ensembles(args: argparse.Namespace) -> None:
     for r in trials:
         by_variant[(r["dataset"], r["split"], r["variant"])].append(r)
     done, verified = done_keys(Path(args.out)), set()
-    flags = ["--expand", str(args.expand), "--rerank", str(args.rerank)]
+    flags = ["--expand", str(args.expand), "--rerank", str(args.rerank), "--gallery", "known"]
     for (data, split, variant), rs in by_variant.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         answers = dataset(Path(args.work), data, split) / "answers" / "verification_test.csv"
@@ -1027,6 +1071,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="where the updated trials are appended")
     p.add_argument("--grids", nargs="*", default=[], help="grids whose plain metrics are measured again (k=0)")
     p.set_defaults(func=reverify)
+    p = sub.add_parser("dev-gallery", help="add known/unknown with the dev photos in the gallery to celeba trials")
+    p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "celeba.jsonl"))
+    p.set_defaults(func=add_dev_gallery)
     p = sub.add_parser("ensembles", help="verification ensembles of a grid's trials, in disjoint groups")
     p.add_argument("--grid", default="headline_ver", choices=sorted(GRIDS))
     p.add_argument("--size", type=int, default=2, help="runs per ensemble")

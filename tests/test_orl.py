@@ -51,3 +51,8 @@ def test_lean_convnext_beats_eigenfaces_on_orl(orl, tmp_path):
     assert main(["verify", str(run), "--out", str(tmp_path / "verify")]) == 0
     verified = json.loads((tmp_path / "verify" / "verify.json").read_text())
     assert verified["dev_accuracy"] >= 0.6, "unseen ORL identities are matched far above chance"
+    assert main(["verify", str(run), "--out", str(tmp_path / "verify"), "--gallery", "known"]) == 0
+    known_only = json.loads((tmp_path / "verify" / "verify.json").read_text())
+    print(f"ORL known/unknown dev accuracy: {verified['dev_accuracy']:.3f} with the dev photos in the gallery (each")
+    print(f"  left out of it when scored), {known_only['dev_accuracy']:.3f} against the known photos alone")
+    assert verified["dev_accuracy"] >= known_only["dev_accuracy"]

@@ -109,7 +109,8 @@ def test_the_fast_eer_agrees_with_the_roc_one():
 
 def test_verify_records_the_choice_and_refuses_a_setting_that_is_no_count(trained_run, f24_run, tmp_path):
     out = tmp_path / "ver"
-    assert main(["verify", str(trained_run), "--out", str(out)]) == 0  # verify.expand and verify.rerank: auto
+    # verify.expand and verify.rerank: auto, against the known photos (the dev photos' gallery is plain cosine)
+    assert main(["verify", str(trained_run), "--out", str(out), "--gallery", "known"]) == 0
     summary = json.loads((out / "verify.json").read_text())
     record = summary["scoring"]
     assert record["chosen"] == Scoring(summary["expand"], summary["rerank"]).describe()

@@ -295,12 +295,15 @@ def test_query_expansion_pulls_each_person_together_and_is_chunk_independent():
 
 def test_verify_expands_queries_on_request_and_refuses_a_negative_count(trained_run, tmp_path):
     out = tmp_path / "ver"
-    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "3"]) == 0
+    # a number is refused beside the dev photos in the gallery (verify.gallery's default), not ignored
+    assert_user_error(facenext("verify", trained_run, "--out", out, "--expand", "3"), "--gallery known")
+    known = ["--gallery", "known"]
+    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "3", *known]) == 0
     summary = json.loads((out / "verify.json").read_text())
     assert summary["expand"] == 3 and 0 <= summary["dev_accuracy"] <= 1
     curve = pd.read_csv(summary["threshold_curve_csv"])
     assert curve["accuracy"].max() == pytest.approx(summary["dev_accuracy"])
-    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "0", "--rerank", "0"]) == 0
+    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "0", "--rerank", "0", *known]) == 0
     plain = json.loads((out / "verify.json").read_text())
     assert plain["expand"] == 0 and plain["embedded_images"] == 0  # the same embeddings, expanded or not
     assert plain["threshold"] != summary["threshold"], "expanded embeddings are compared, not the plain ones"
@@ -310,9 +313,10 @@ def test_verify_expands_queries_on_request_and_refuses_a_negative_count(trained_
 
 def test_verify_reranks_on_request_for_both_families(trained_run, f24_run, tmp_path):
     out = tmp_path / "ver"
-    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "0", "--rerank", "0"]) == 0
+    known = ["--gallery", "known"]
+    assert main(["verify", str(trained_run), "--out", str(out), "--expand", "0", "--rerank", "0", *known]) == 0
     plain = json.loads((out / "verify.json").read_text())
-    assert main(["verify", str(trained_run), "--out", str(out), "--rerank", "6", "--expand", "2"]) == 0
+    assert main(["verify", str(trained_run), "--out", str(out), "--rerank", "6", "--expand", "2", *known]) == 0
     reranked = json.loads((out / "verify.json").read_text())
     assert (reranked["rerank"], reranked["expand"], reranked["embedded_images"]) == (6, 2, 0)
     assert reranked["threshold"] != plain["threshold"] and 0 <= reranked["dev_accuracy"] <= 1
@@ -324,3 +328,50 @@ def test_verify_reranks_on_request_for_both_families(trained_run, f24_run, tmp_p
     assert summary["rerank"] == 5 and 0 <= summary["dev_eer"] <= 1
     assert pd.read_csv(pairs / "verification_submission.csv")["Label"].between(0, 1).all()  # 1 - distance
     assert_user_error(facenext("verify", trained_run, "--out", out, "--rerank", "-1"), "--rerank -1")
+
+
+def test_the_labelled_dev_photos_join_the_gallery_and_dev_is_scored_leaving_each_out(trained_run, sample, tmp_path):
+    out = tmp_path / "ver"
+    assert main(["verify", str(trained_run), "--out", str(out)]) == 0  # verify.gallery's default: known+dev
+    summary = json.loads((out / "verify.json").read_text())
+    layout = find_layout(sample)
+    vectors = {}
+    for split in ("known", "unknown_dev", "unknown_test"):
+        with np.load(out / f"embeddings_{split}.npz") as data:
+            vectors[split] = dict(zip(data["paths"].tolist(), data["vectors"], strict=True))
+    known = {name.name: [v for p, v in vectors["known"].items() if Path(p).parent.name == name.name]
+             for name in layout.known.iterdir()}  # fmt: skip
+    dev_files = list_images(layout.unknown_dev)
+    dev = [vectors["unknown_dev"][str(layout.unknown_dev / f)] for f in dev_files]
+    truth = pd.read_csv(layout.ver_dev_labels, dtype=str)["label"].tolist()
+    assert summary["gallery"] == "known+dev" and summary["gallery_dev_photos"] == len(dev) > 0
+    assert summary["no_match_prototypes"] == truth.count("n000000") > 0
+
+    labelled = list(enumerate(zip(dev, truth, strict=True)))
+
+    def best_match(query, left_out=None):
+        """By brute force: the best of each person's mean over their known and dev photos, and each no-match dev
+        photo, with dev photo ``left_out`` out of the gallery."""
+        scored = []
+        for name, photos in known.items():
+            mean = np.sum(photos + [d for i, (d, t) in labelled if t == name and i != left_out], axis=0)
+            scored.append((float(query @ mean / np.linalg.norm(mean)), name))
+        scored += [(float(query @ d), t) for i, (d, t) in labelled if t == "n000000" and i != left_out]
+        return max(scored)
+
+    dev_best = [best_match(d, left_out=i) for i, d in enumerate(dev)]
+
+    def accuracy(threshold):
+        answers = [label if score >= threshold else "n000000" for score, label in dev_best]
+        return np.mean(np.array(answers) == np.array(truth))
+
+    best = max(accuracy(t) for t in [-1.0] + [score for score, _ in dev_best])
+    assert summary["dev_accuracy"] == pytest.approx(best, abs=1e-6)
+    test_files = sorted(list_images(layout.unknown_test))
+    answers = [best_match(vectors["unknown_test"][str(layout.unknown_test / f)]) for f in test_files]
+    expected = [label if score >= summary["threshold"] - 1e-6 else "n000000" for score, label in answers]
+    written = pd.read_csv(out / "verification_submission.csv", dtype=str)
+    assert written["label"].tolist() == expected
+    assert any(label == "n000000" and score > summary["threshold"] for score, label in answers), (
+        "a test photo nearest a no-match dev photo is answered n000000 above the threshold"
+    )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .competitions import DEFAULT_TERM, KINDS
 from .competitions.terms import TERMS, TERMS_ENV, add_terms_file, add_terms_from_env, describe_terms, restored_terms
-from .config import AUTO, MERGES, TTA_HELP
+from .config import AUTO, GALLERIES, KNOWN_ONLY, MERGES, TTA_HELP, WITH_DEV
 from .console import log_to_console
 from .errors import UserError
 from .io import DISK_FULL
@@ -113,7 +113,7 @@ def _verify(args: argparse.Namespace) -> None:
 
     verify(
         args.run, args.out, args.tta, args.weights, args.data, cache=not args.no_cache, fmt=args.format,
-        expand_k=args.expand, rerank=args.rerank,
+        expand_k=args.expand, rerank=args.rerank, gallery=args.gallery,
     )  # fmt: skip
 
 
@@ -305,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_neighbours,
         help=f"k-reciprocal re-ranking: its k1, 0 for off, {AUTO} to choose on dev (default: verify.rerank)",
         metavar="K1",
+    )
+    p.add_argument(
+        "--gallery",
+        choices=GALLERIES,
+        help=f"identity matching against the {KNOWN_ONLY} photos, or {WITH_DEV}: with unknown_dev's labelled photos "
+        "too, dev scored leaving each photo out (default: verify.gallery)",
     )
     p.set_defaults(func=_verify)
 

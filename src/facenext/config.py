@@ -126,6 +126,9 @@ TTA_HELP = (
     "none, flip, five@S / ten@S (crops of S x the image), scales@S1,S2,... or a combination with +, e.g. flip+five@0.9"
 )
 MERGES = ("prob", "logit", "geo")
+# verify.gallery: the known photos alone, or with unknown_dev's labelled photos (facenext.verification.identity)
+KNOWN_ONLY, WITH_DEV = "known", "known+dev"
+GALLERIES = (KNOWN_ONLY, WITH_DEV)
 
 
 @dataclass
@@ -149,6 +152,13 @@ def neighbours(value: int | str, flag: str) -> int | None:
     return value
 
 
+def gallery_kind(value: str) -> str:
+    """A verify.gallery setting, checked."""
+    if value not in GALLERIES:
+        raise UserError(f"--gallery {value} (verify.gallery): give {' or '.join(GALLERIES)}")
+    return value
+
+
 @dataclass
 class VerifyConfig:
     tta: str = "flip"
@@ -159,9 +169,16 @@ class VerifyConfig:
     # k-reciprocal re-ranking (after any expansion): distances from the neighbours two images share
     # (facenext.verification.reranking), k1 about the images each person has in a split; 0: off; auto as above.
     rerank: int | str = AUTO
+    # Identity matching's gallery (F22-S24): the known photos alone, or with unknown_dev's labelled photos too: each
+    # known person is the mean of all their photos, and the photos labelled no-match become no-match prototypes.
+    # Dev is then scored with each photo left out of the gallery, so the threshold is still tuned on photos the
+    # gallery does not hold (facenext.verification.identity). Scored by plain cosine: expand and rerank then apply
+    # to pairs only. Real faces: known/unknown 0.43 against 0.23 (benchmarks/recipes.md, issue 26).
+    gallery: str = WITH_DEV
 
     def __post_init__(self) -> None:
         neighbours(self.expand, "expand"), neighbours(self.rerank, "rerank")
+        gallery_kind(self.gallery)
 
 
 @dataclass

@@ -129,11 +129,13 @@ def cross_validate(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: 
 
 
 def same_scoring(scorings: list[str], what: str) -> None:
-    """Refuse to average scores of different kinds (plain cosine, expanded, re-ranked): their scales differ."""
+    """Refuse to average scores of different kinds (plain cosine, expanded, re-ranked, against another gallery):
+    their scales and columns differ."""
     if len(set(scorings)) > 1:
         kinds = "; ".join(sorted(set(scorings)))
+        flags = "--expand, --rerank and --gallery" if what == "identity" else "--expand and --rerank"
         raise UserError(
-            f"the runs' {what} scores are of different kinds ({kinds}): verify all with the same --expand, --rerank"
+            f"the runs' {what} scores are of different kinds ({kinds}): verify all with the same {flags}"
         )
 
 
@@ -417,6 +419,7 @@ def _identity_part(folders: list[Path], names: list[str]) -> list[IdentityScores
         if part is None:
             raise UserError(f"{folder} has no identity scores: run `facenext verify {name} --out {folder}` first")
         parts.append(part)
+    same_scoring([p.scoring for p in parts], "identity")  # first: another gallery has other columns too
     first = parts[0]
     for name, part in zip(names[1:], parts[1:], strict=True):
         for key, what in (
@@ -431,7 +434,6 @@ def _identity_part(folders: list[Path], names: list[str]) -> list[IdentityScores
                 raise UserError(
                     f"{name} was verified with other {what} than {names[0]}: verify every run on the same data"
                 )
-    same_scoring([p.scoring for p in parts], "identity")
     if first.test is None:
         raise UserError(
             f"{folders[0]} holds no unknown_test scores: verify the runs with `facenext verify RUN --data DIR`, DIR "

@@ -77,10 +77,14 @@ class Choice:
     gain: float = 0.0  # mean out-of-bag gain of choosing on dev over the base setting
     share: float = 0.0  # share of resamples where that gain was positive
     reason: str = ""
+    used: str = ""  # what scored, where it is more than the scoring (the dev photos in the gallery)
+
+    def describe(self) -> str:
+        return self.used or self.scoring.describe()
 
     def summary(self) -> dict[str, Any]:
         return {
-            "chosen": self.scoring.describe(),
+            "chosen": self.describe(),
             "best_on_dev": self.best,
             "out_of_bag_gain": self.gain,
             "out_of_bag_positive_share": self.share,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..combined import format_setting, weights_id, write_run_submission
+from ..config import gallery_kind
 from ..data.layout import find_layout
 from ..io import write_json
 from ..limits import runs_record
@@ -28,6 +29,7 @@ def verify(
     fmt: str | None = None,
     expand_k: int | str | None = None,
     rerank: int | str | None = None,
+    gallery: str | None = None,
 ) -> dict[str, Any]:
     """Score the dev verification set and write the test submission, for whichever family the term uses.
 
@@ -36,6 +38,8 @@ def verify(
     both parts is written in the format ``fmt`` (default: the sample submission or predict.submission_format).
     ``expand_k`` and ``rerank``: query expansion and k-reciprocal re-ranking (``verification.similarity``), a number
     or ``auto`` (chosen on dev, ``verification.choice``); default: the run's verify.expand and verify.rerank.
+    ``gallery``: identity matching against the known photos, or with unknown_dev's labelled photos too (default:
+    the run's verify.gallery).
     """
     run, facts = open_run(run_dir, weights)
     tta = tta or facts.tta
@@ -45,7 +49,7 @@ def verify(
     setting = ScoringSetting(facts.expand if expand_k is None else expand_k, facts.rerank if rerank is None else rerank)
     # the pair scores record the weights: F26's file takes them only beside logits of the same weights
     verifiers = {
-        "identity": lambda: verify_identities(embeddings, layout, out, setting),
+        "identity": lambda: verify_identities(embeddings, layout, out, setting, gallery_kind(gallery or facts.gallery)),
         "pairs": lambda: verify_pairs(embeddings, layout, out, setting, weights_id(run.path, weights)),
     }
     result, choice = verifiers[layout.family.verifier]()

@@ -28,6 +28,7 @@ class RunFacts:
     term: str
     expand: int  # the run's default query expansion (verify.expand)
     rerank: int  # the run's default re-ranking k1 (verify.rerank)
+    gallery: str  # the run's default identity gallery (verify.gallery)
 
 
 def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
@@ -36,7 +37,9 @@ def open_run(run_dir: str | Path, weights: str) -> tuple[LoadedRun, RunFacts]:
     data = run.config.data
     weights_file = run.folder.weights_file(weights)
     v = run.config.verify
-    return run, RunFacts(weights, weights_file, data.image_size, v.tta, data.root, data.term, v.expand, v.rerank)
+    return run, RunFacts(
+        weights, weights_file, data.image_size, v.tta, data.root, data.term, v.expand, v.rerank, v.gallery
+    )
 
 
 def weights_fingerprint(facts: RunFacts, tta: str) -> str:

@@ -1,5 +1,10 @@
 """Identity matching: each unknown face gets the known identity of highest cosine similarity, or the term's
 no-match label (``n000000``) below a threshold tuned on ``unknown_dev`` (terms without one, F22, never reject).
+
+The gallery is the known photos, one per person in F23, and by default unknown_dev's labelled photos too
+(``verify.gallery``): a person known by one photo is matched much better by the mean of several, and the dev photos
+of people never known become no-match prototypes (a test photo closest to one of them is answered no-match). Dev is
+then scored against the gallery without the photo being scored, so its accuracy and threshold stay honest.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import KNOWN_ONLY, WITH_DEV
 from ..data.layout import Layout, list_classes, list_images
 from ..errors import UserError
 from ..io import write_csv, write_npz
@@ -20,7 +26,7 @@ from .choice import Choice, ScoringSetting, choose
 from .embeddings import EmbeddingCache
 from .metrics import best_point, genuine_impostor, roc, threshold_sweep
 from .plots import plot_threshold_curve, write_score_figures
-from .similarity import Scoring
+from .similarity import PLAIN, Scoring
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +69,12 @@ class IdentityScores:
         return cls(found["names"].tolist(), str(found["scoring"]), **fields)
 
 
-def known_gallery(cache: EmbeddingCache, layout: Layout) -> tuple[np.ndarray, list[str]]:
-    """One normalised embedding per known identity (the mean of its images' embeddings), and the identities."""
+def normalised(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def known_sums(cache: EmbeddingCache, layout: Layout) -> tuple[np.ndarray, list[str]]:
+    """The sum of each known identity's normalised image embeddings, and the identities."""
     names = list_classes(layout.known)
     paths, owners = [], []
     for i, name in enumerate(names):
@@ -72,9 +82,57 @@ def known_gallery(cache: EmbeddingCache, layout: Layout) -> tuple[np.ndarray, li
             paths.append(layout.known / name / f)
             owners.append(i)
     feats = cache.get("known", paths)
-    gallery = np.zeros((len(names), feats.shape[1]), dtype=np.float32)
-    np.add.at(gallery, np.array(owners), feats)
-    return gallery / np.linalg.norm(gallery, axis=1, keepdims=True), names
+    sums = np.zeros((len(names), feats.shape[1]), dtype=np.float32)
+    np.add.at(sums, np.array(owners), feats)
+    return sums, names
+
+
+def known_gallery(cache: EmbeddingCache, layout: Layout) -> tuple[np.ndarray, list[str]]:
+    """One normalised embedding per known identity (the mean of its images' embeddings), and the identities."""
+    sums, names = known_sums(cache, layout)
+    return normalised(sums), names
+
+
+@dataclass
+class DevGallery:
+    """The known gallery joined by unknown_dev's labelled photos."""
+
+    gallery: np.ndarray  # each known identity's normalised mean over its known and dev photos, then no-match prototypes
+    labels: list[str]  # the identity each gallery row answers (the no-match label for a prototype)
+    dev_similarity: np.ndarray  # dev x gallery, each dev photo scored against the gallery without itself
+    dev_photos: int  # dev photos in the gallery (of known people, and as no-match prototypes)
+    prototypes: int
+
+    def describe(self) -> str:
+        return f"{PLAIN}, the gallery joined by {self.dev_photos} labelled dev photos ({self.prototypes} of no-match)"
+
+
+def with_dev_photos(
+    sums: np.ndarray, names: list[str], dev: np.ndarray, truth: np.ndarray, no_match: str | None
+) -> DevGallery:
+    """Add the labelled dev photos (``dev``, normalised, labelled ``truth``) to the known sums (``known_sums``).
+
+    A dev photo of a known person joins that person's mean; one labelled ``no_match`` becomes a prototype of its own.
+    Dev's similarities leave the scored photo out: against its own person's mean without it, and -1 (the lowest
+    cosine) against itself as a prototype."""
+    column = {name: i for i, name in enumerate(names)}
+    owner = np.array([column.get(t, -1) for t in truth])
+    known = np.flatnonzero(owner >= 0)
+    joined = sums.copy()
+    np.add.at(joined, owner[known], dev[known])
+    gallery = normalised(joined)
+    similarity = dev @ gallery.T
+    without_itself = normalised(joined[owner[known]] - dev[known])
+    similarity[known, owner[known]] = np.einsum("ij,ij->i", dev[known], without_itself)
+    labels = list(names)
+    strangers = np.flatnonzero(truth == no_match) if no_match is not None else np.array([], dtype=int)
+    if len(strangers):
+        to_strangers = dev @ dev[strangers].T
+        to_strangers[strangers, np.arange(len(strangers))] = NO_THRESHOLD
+        similarity = np.concatenate([similarity, to_strangers], axis=1)
+        gallery = np.concatenate([gallery, dev[strangers]])
+        labels += [no_match] * len(strangers)
+    return DevGallery(gallery, labels, similarity, len(known) + len(strangers), len(strangers))
 
 
 def best_matches(similarity: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +220,8 @@ def evaluate_similarity(
         threshold=threshold,
         dev_images=len(truth),
     )
-    genuine, impostor = genuine_and_impostor(similarity, truth, names)
+    identities = [i for i, name in enumerate(names) if name != layout.term.no_match]  # not no-match prototypes
+    genuine, impostor = genuine_and_impostor(similarity[:, identities], truth, [names[i] for i in identities])
     if len(genuine) and len(impostor):
         pairs = roc(*genuine_impostor(genuine, impostor))
         summary.update(dev_pair_eer=pairs.eer, dev_pair_auc=pairs.auc)
@@ -206,15 +265,28 @@ def write_identity_submission(
     return {"submission": str(path)}
 
 
+def refuse_fixed_refinement(setting: ScoringSetting) -> None:
+    """Expansion and re-ranking refine similarities to the known photos alone, which leave-one-out dev scoring of a
+    gallery holding the dev photos cannot follow: a number asked for with that gallery is refused, not ignored."""
+    if setting.base() != Scoring():
+        raise UserError(
+            f"--expand {setting.expand} --rerank {setting.rerank} refine the scores against the known photos alone, "
+            f"and the gallery holds unknown_dev's photos too (verify.gallery {WITH_DEV}): add --gallery {KNOWN_ONLY}, "
+            "or give auto or 0"
+        )
+
+
 def verify_identities(
-    cache: EmbeddingCache, layout: Layout, out: Path, setting: ScoringSetting
+    cache: EmbeddingCache, layout: Layout, out: Path, setting: ScoringSetting, gallery_kind: str = WITH_DEV
 ) -> tuple[dict[str, Any], Choice]:
     """Evaluate on ``unknown_dev`` (when labelled) and write the ``unknown_test`` submission (when present), each
-    split scored against the gallery as ``setting`` says or dev chooses. The scores are saved for ensembles."""
+    split scored against the gallery (``gallery_kind``: the known photos, or with the labelled dev photos) as
+    ``setting`` says or dev chooses. The scores are saved for ensembles."""
     if layout.known is None or layout.unknown_dev is None:
         raise UserError(f"no verification data (known/, unknown_dev/) found under {layout.root}")
-    gallery, names = known_gallery(cache, layout)
-    summary: dict[str, Any] = {"known_identities": len(names)}
+    sums, names = known_sums(cache, layout)
+    gallery, labels = normalised(sums), names
+    summary: dict[str, Any] = {"known_identities": len(names), "gallery": KNOWN_ONLY}
     threshold, choice = NO_THRESHOLD, Choice(setting.base(), None, reason="no labelled dev: nothing to choose on")
     saved = IdentityScores(names, choice.scoring.describe())
     if layout.ver_dev_labels is not None:
@@ -222,19 +294,31 @@ def verify_identities(
         saved.dev_truth, saved.dev_files = dev_truth(layout, files), np.array(files)
         queries = cache.get("unknown_dev", [layout.unknown_dev / f for f in files])
         no_match = layout.term.no_match
+        if gallery_kind == WITH_DEV:
+            refuse_fixed_refinement(setting)
+            joined = with_dev_photos(sums, names, queries, saved.dev_truth, no_match)
+            gallery, labels, saved.dev = joined.gallery, joined.labels, joined.dev_similarity
+            reason = "the labelled dev photos joined the gallery: plain cosine"
+            choice = Choice(Scoring(), None, reason=reason, used=joined.describe())
+            summary.update(
+                gallery=WITH_DEV, gallery_dev_photos=joined.dev_photos, no_match_prototypes=joined.prototypes
+            )
+            logger.info(f"identity matching: {choice.describe()}")
+        else:
 
-        def outcome_of(scoring: Scoring) -> IdentityOutcome:
-            return IdentityOutcome(match_similarity(gallery, queries, scoring), saved.dev_truth, names, no_match)
+            def outcome_of(scoring: Scoring) -> IdentityOutcome:
+                return IdentityOutcome(match_similarity(gallery, queries, scoring), saved.dev_truth, names, no_match)
 
-        choice = choose(setting, outcome_of, "dev accuracy")
-        saved.dev, saved.scoring = choice.outcome.similarity, choice.scoring.describe()
-        dev, threshold = evaluate_similarity(saved.dev, saved.dev_truth, names, layout, out)
+            choice = choose(setting, outcome_of, "dev accuracy")
+            saved.dev = choice.outcome.similarity
+        saved.names, saved.scoring = labels, choice.describe()
+        dev, threshold = evaluate_similarity(saved.dev, saved.dev_truth, labels, layout, out)
         summary.update(dev)
     if layout.unknown_test is not None:
         ids, files = verification_ids(layout)
         saved.test_ids, saved.test_files = np.array(ids), np.array(files)
         saved.test = split_similarity(cache, gallery, "unknown_test", layout.unknown_test, files, choice.scoring)
         path = out / "verification_submission.csv"
-        summary.update(write_identity_submission(path, layout, ids, saved.test, names, threshold))
+        summary.update(write_identity_submission(path, layout, ids, saved.test, labels, threshold))
     saved.save(out)
     return summary, choice
