@@ -652,14 +652,27 @@ def dev_gallery_metrics(run: Path, data: Path) -> dict | None:
     }
 
 
+def trial_folder(r: dict, work: Path) -> Path | None:
+    """The run folder behind a finished trial: its own name's, or, for a trial renamed after it ran (a report
+    variant named after the file it then trained), the folder of its split whose best dev accuracy is the trial's."""
+    runs = work / "runs"
+    for run in [runs / run_name(r), *sorted(runs.glob(f"{r['grid']}_{r['dataset']}_{r['split']}_*"))]:
+        summary = run / "summary.json"
+        if summary.is_file() and json.loads(summary.read_text()).get("best_dev_acc") == r.get("best_dev_acc"):
+            return run
+    return None
+
+
 def add_dev_gallery(args: argparse.Namespace) -> None:
     """Finished celeba trials (``--results``, rewritten in place) gain the dev-gallery numbers
     (``dev_gallery_metrics``) where their run folder is here and lacks them."""
     path = Path(args.results)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for r in rows:
-        run = Path(args.work) / "runs" / run_name(r)
-        if r.get("exit") != 0 or "ver_test_acc_dev_gallery" in r or not (run / "verify").is_dir():
+        if r.get("exit") != 0 or "ver_test_acc_dev_gallery" in r or "best_dev_acc" not in r:
+            continue
+        run = trial_folder(r, Path(args.work))
+        if run is None or not (run / "verify").is_dir():
             continue
         found = dev_gallery_metrics(run, dataset(Path(args.work), r["dataset"], r["split"]))
         if found is not None:
@@ -971,7 +984,9 @@ def report(args: argparse.Namespace) -> None:
 def celeba_tables(rows: list[dict]) -> str:
     """Real faces: one table per kind of split (selection, report), a row per variant and split, then each variant's
     mean ± standard deviation. Test numbers only (nothing was chosen on test); `auto` is verify's default scoring,
-    chosen on dev (its choice in brackets), beside plain cosine. Variants with two runs or more get a mean row."""
+    chosen on dev (its choice in brackets), beside plain cosine, both against the known photos; "dev gallery" adds
+    unknown_dev's labelled photos to them (verify's default since issue 26's seventh session; "-" where the run's
+    folder was gone by then). Variants with two runs or more get a mean row."""
 
     def num(r: dict, key: str) -> str:
         return f"{r[key]:.3f}" if r.get(key) is not None else "-"
@@ -980,7 +995,7 @@ def celeba_tables(rows: list[dict]) -> str:
         return f" ({r[key]})" if r.get(key) else ""
 
     head = "| variant | split | classification | known/unknown, plain cosine | known/unknown, auto (chosen) |"
-    head += " pair EER, plain | pair EER, auto (chosen) | pair AUC, plain | train time |"
+    head += " known/unknown, dev gallery | pair EER, plain | pair EER, auto (chosen) | pair AUC, plain | train time |"
     text = []
     for kind, splits in (("report", REPORT_SPLITS), ("selection", SELECTION_SPLITS)):
         mine = sorted((r for r in rows if r["split"] in splits), key=lambda r: (r["variant"], r["split"], r["seed"]))
@@ -989,7 +1004,7 @@ def celeba_tables(rows: list[dict]) -> str:
         lines = [f"### celeba: {kind} splits", "", head, "|" + "---|" * head.count(" |")]
         for r in mine:
             cells = [r["variant"], str(r["split"]), num(r, "cls_test_acc"), num(r, "ver_test_acc_plain")]
-            cells.append(num(r, "ver_test_acc_auto") + chosen(r, "ver_auto_chosen"))
+            cells += [num(r, "ver_test_acc_auto") + chosen(r, "ver_auto_chosen"), num(r, "ver_test_acc_dev_gallery")]
             cells += [num(r, "pair_test_eer_plain"), num(r, "pair_test_eer_auto") + chosen(r, "pair_auto_chosen")]
             epochs = f", {r['epochs']} ep" if r.get("epochs") else ""
             cells += [num(r, "pair_test_auc_plain"), f"{r['train_s']:.0f} s ({short_device(r['device'])}{epochs})"]
@@ -998,7 +1013,8 @@ def celeba_tables(rows: list[dict]) -> str:
             rs = [r for r in mine if r["variant"] == variant]
             if len(rs) < 2:
                 continue  # its one run is the row above: a spread of one is not a spread
-            keys = ["cls_test_acc", "ver_test_acc_plain", "ver_test_acc_auto", "pair_test_eer_plain"]
+            keys = ["cls_test_acc", "ver_test_acc_plain", "ver_test_acc_auto", "ver_test_acc_dev_gallery"]
+            keys.append("pair_test_eer_plain")
             keys += ["pair_test_eer_auto", "pair_test_auc_plain"]
             cells = [f"**{variant}**", f"mean of {len(rs)}", *(mean_sd([r.get(k) for r in rs]) for k in keys), ""]
             lines.append("| " + " | ".join(cells) + " |")
