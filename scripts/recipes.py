@@ -652,6 +652,69 @@ def dev_gallery_metrics(run: Path, data: Path) -> dict | None:
     }
 
 
+def tuned_test_accuracy(
+    gallery: np.ndarray, labels: list[str], dev_similarity: np.ndarray, dev_labels: np.ndarray,
+    test: np.ndarray, answers: np.ndarray, no_match: str,
+) -> float:  # fmt: skip
+    """Known/unknown test accuracy against ``gallery`` at the threshold tuned on dev's similarities to it."""
+    from facenext.verification.identity import best_matches, best_threshold, identity_labels
+
+    predicted, best = best_matches(dev_similarity, labels)
+    threshold = best_threshold(best, predicted, dev_labels, no_match)[0]
+    return float((identity_labels(test @ gallery.T, labels, threshold, no_match) == answers).mean())
+
+
+def sparse_dev(args: argparse.Namespace) -> None:
+    """The dev gallery at an F23 download's density (360 dev photos for 960 known people): each draw keeps one dev
+    photo for a random third of the people, and as large a share of the no-match photos; known/unknown test accuracy
+    against the known photos alone and with the kept photos in the gallery, each threshold tuned on the kept ones."""
+    import pandas as pd
+
+    from facenext.data.layout import find_layout
+    from facenext.verification.identity import dev_truth, normalised, with_dev_photos
+
+    gains = []
+    for r in read_results([Path(args.results)]):
+        run = trial_folder(r, Path(args.work)) if r["variant"] == args.variant and "best_dev_acc" in r else None
+        if run is None:
+            continue
+        data = dataset(Path(args.work), r["dataset"], r["split"])
+        layout, features = find_layout(data), {}
+        for part in ("known", "unknown_dev", "unknown_test"):
+            with np.load(run / "verify" / f"embeddings_{part}.npz") as cached:
+                features[part] = (cached["paths"].tolist(), cached["vectors"])
+        paths, known = features["known"]
+        names = sorted({Path(p).parent.name for p in paths})
+        sums = np.zeros((len(names), known.shape[1]), dtype=np.float32)
+        np.add.at(sums, [names.index(Path(p).parent.name) for p in paths], known)
+        dev, test = features["unknown_dev"][1], features["unknown_test"][1]
+        truth = dev_truth(layout, [Path(p).name for p in features["unknown_dev"][0]])
+        answers = pd.read_csv(data / "answers" / "verification_test.csv", dtype=str)["label"].to_numpy()
+        no_match = layout.term.no_match
+
+        for seed in range(args.draws):
+            rng = np.random.default_rng(seed)
+            people = [np.flatnonzero(truth == p) for p in np.unique(truth[truth != no_match])]
+            kept = [int(rng.choice(photos)) for photos in people if rng.random() < 1 / 3]
+            strangers = np.flatnonzero(truth == no_match)
+            share = len(strangers) / (len(truth) - len(strangers))
+            kept += rng.choice(strangers, size=max(1, int(share * len(kept))), replace=False).tolist()
+            kept = np.sort(kept)
+            alone = normalised(sums)
+            joined = with_dev_photos(sums, names, dev[kept], truth[kept], no_match)
+            tests = (test, answers, no_match)
+            before = tuned_test_accuracy(alone, names, dev[kept] @ alone.T, truth[kept], *tests)
+            after = tuned_test_accuracy(joined.gallery, joined.labels, joined.dev_similarity, truth[kept], *tests)
+            gains.append((len(kept), before, after))
+    kept, before, after = (np.array(v) for v in zip(*gains, strict=True))
+    print(
+        f"{len(gains)} draws, {kept.mean():.0f} dev photos kept on average: known/unknown {before.mean():.3f} against "
+        f"the known photos alone, {after.mean():.3f} with the kept dev photos (gain {np.mean(after - before):+.3f}, "
+        f"from {np.min(after - before):+.3f} to {np.max(after - before):+.3f}, positive in "
+        f"{np.mean(after > before):.0%}, negative in {np.mean(after < before):.0%})"
+    )
+
+
 def trial_folder(r: dict, work: Path) -> Path | None:
     """The run folder behind a finished trial: its own name's, or, for a trial renamed after it ran (a report
     variant named after the file it then trained), the folder of its split whose best dev accuracy is the trial's."""
@@ -1091,6 +1154,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "celeba.jsonl"))
     p.set_defaults(func=add_dev_gallery)
+    p = sub.add_parser("sparse-dev", help="the dev gallery at an F23 download's density, on celeba runs")
+    p.add_argument("--work", default=str(ROOT / "runs" / "recipes"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "celeba.jsonl"))
+    p.add_argument("--variant", default="configs/faces_cpu.yaml")
+    p.add_argument("--draws", type=int, default=20)
+    p.set_defaults(func=sparse_dev)
     p = sub.add_parser("ensembles", help="verification ensembles of a grid's trials, in disjoint groups")
     p.add_argument("--grid", default="headline_ver", choices=sorted(GRIDS))
     p.add_argument("--size", type=int, default=2, help="runs per ensemble")
