@@ -107,3 +107,21 @@ def test_threshold_sends_weak_matches_to_no_match():
     truth = np.array(["a", "b", "n000000", "n000000"])
     threshold, accuracy = best_threshold(similarity, predicted, truth, "n000000")
     assert accuracy == 1.0 and 0.3 < threshold < 0.8
+
+
+def test_a_final_run_trains_on_the_dev_photos_too_and_says_so(sample, tmp_path, capsys):
+    layout = find_layout(sample)
+    train = sum(len(list_images(layout.train / c)) for c in list_classes(layout.train))
+    dev = sum(len(list_images(layout.dev / c)) for c in list_classes(layout.dev))
+    run = tmp_path / "final"
+    assert main(train_args(sample, run, "train.epochs=1", "data.train_on_dev=true")) == 0
+    out = capsys.readouterr().out
+    assert f"training on {dev} dev photos too" in out and f"{train + dev} train images" in out
+    assert json.loads((run / "summary.json").read_text())["train_on_dev"] is True
+    # a competition without a dev split is refused in one line, before a run folder is made
+    bare = tmp_path / "no_dev"
+    shutil.copytree(sample, bare)
+    shutil.rmtree(bare / layout.dev.relative_to(sample))
+    assert main(train_args(bare, tmp_path / "refused", "train.epochs=1", "data.train_on_dev=true")) == 2
+    assert "no dev split to train on" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

@@ -134,9 +134,7 @@ def same_scoring(scorings: list[str], what: str) -> None:
     if len(set(scorings)) > 1:
         kinds = "; ".join(sorted(set(scorings)))
         flags = "--expand, --rerank and --gallery" if what == "identity" else "--expand and --rerank"
-        raise UserError(
-            f"the runs' {what} scores are of different kinds ({kinds}): verify all with the same {flags}"
-        )
+        raise UserError(f"the runs' {what} scores are of different kinds ({kinds}): verify all with the same {flags}")
 
 
 def _pair_part(folders: list[Path], names: list[str]) -> dict[str, np.ndarray]:

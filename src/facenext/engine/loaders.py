@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -17,6 +19,8 @@ from ..data.layout import LABELS_FILE, Layout, find_layout, list_classes, refuse
 from ..data.transforms import data_train_transform, eval_transform
 from ..errors import UserError
 from .distributed import DistContext, barrier
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +55,8 @@ def load_data(
         raise UserError(f"{layout.train} has {len(classes)} identity folders: classification needs at least 2")
     size, d = config.data.image_size, config.data
     paths, labels = image_folder(layout.train, classes)
+    if d.train_on_dev:
+        paths, labels = with_dev_photos(layout, classes, paths, labels)
     try:
         on = device or torch.device("cpu")
         where, note = choose_augment_device(d.augment_device, d.augment, on, paths, size, d.mean, recorded)
@@ -65,6 +71,19 @@ def load_data(
     if d.cache:  # decoded once into memory-mapped uint8 arrays; rebuilt when the files change
         attach_caches([train, dev], d.cache_dir, ctx or DistContext())
     return Data(layout, classes, train, dev, note, where)
+
+
+def with_dev_photos(
+    layout: Layout, classes: list[str], paths: list[Path], labels: list[int]
+) -> tuple[list[Path], list[int]]:
+    """The training photos joined by the dev split's (``data.train_on_dev``); refused without a dev split."""
+    if layout.dev is None:
+        raise UserError(f"data.train_on_dev=true, and {layout.root} has no dev split to train on: drop it")
+    dev_paths, dev_labels = image_folder(layout.dev, classes)
+    logger.info(
+        f"training on {len(dev_paths)} dev photos too (data.train_on_dev): dev accuracy counts photos trained on"
+    )
+    return [*paths, *dev_paths], [*labels, *dev_labels]
 
 
 def attach_caches(datasets: list[FaceImages | None], cache_dir: str | None, ctx: DistContext) -> None:

@@ -424,6 +424,7 @@ class Trainer:
             "stopped": stopped,
             "best_dev_acc": best,
             "best_source": self.run_state.best_source,
+            "train_on_dev": self.config.data.train_on_dev,  # then the dev numbers count photos trained on
             **self.scorer.summary(history, best),
             "last_dev_acc": last.get("dev_acc"),
             "train_s": round(sum(r["epoch_s"] for r in history), 2),
