@@ -267,7 +267,7 @@ CELEBA_SELECT |= {
 CELEBA_SELECT |= {
     "configs/faces_cpu.yaml (round 5), EMA 0.999": [*FACES_ROUND5, "train.ema=true", "train.ema_decay=0.999"],
     "configs/faces_cpu.yaml (round 5), weight decay 0.05": [*FACES_ROUND5, "train.weight_decay=0.05"],
-    # the final run of a competition: the dev split's labelled photos (about 6 a person) trained on too
+    # the final run of a competition: the dev split's labelled photos (about 5 a person) trained on too
     "configs/faces_cpu.yaml (round 5), trained on the dev photos too": [*FACES_ROUND5, "data.train_on_dev=true"],
 }
 GRIDS = {

@@ -39,7 +39,7 @@ class DataConfig:
     cache: bool = False  # decode each split once into a memory-mapped uint8 array on disk (few-core machines)
     cache_dir: str | None = None  # where the decoded cache lives (default $FACENEXT_CACHE_DIR or ~/.cache/facenext)
     # Train on the dev split's labelled photos too: the final run, once the recipe was chosen on dev (few photos a
-    # person: 15 train and about 6 dev each on real faces). Dev accuracy then counts photos the model trained on.
+    # person: 15 train and about 5 dev each on real faces). Dev accuracy then counts photos the model trained on.
     train_on_dev: bool = False
 
 
@@ -176,7 +176,7 @@ class VerifyConfig:
     # known person is the mean of all their photos, and the photos labelled no-match become no-match prototypes.
     # Dev is then scored with each photo left out of the gallery, so the threshold is still tuned on photos the
     # gallery does not hold (facenext.verification.identity). Scored by plain cosine: expand and rerank then apply
-    # to pairs only. Real faces: known/unknown 0.43 against 0.23 (benchmarks/recipes.md, issue 26).
+    # to pairs only. Real faces: known/unknown 0.46 against 0.23 (benchmarks/recipes.md, issue 26).
     gallery: str = WITH_DEV
 
     def __post_init__(self) -> None:
