@@ -101,6 +101,13 @@ def test_celeba_split_trains_some_people_and_keeps_the_others_for_verification(r
     assert (a != b)[both_known & (labels == 0)].all(), "an impostor pair is two people"
     assert len(pd.read_csv(data / "answers" / "verification_test.csv")) == len(list_images(layout.unknown_test))
 
+    # the eigenfaces baseline measures every number of a trial on such a split, the dev gallery's among them
+    r = recipes.eigenfaces_trial(data, 7, px=16, components=10, c=10.0)
+    assert r["cls_test_acc"] > 0.2, "10 people: chance is 0.1"
+    numbers = ["ver_dev_acc_plain", "ver_test_acc_plain", "ver_dev_acc_dev_gallery", "ver_test_acc_dev_gallery"]
+    assert all(0 <= r[k] <= 1 for k in numbers) and r["pairs_test"] == len(labels)
+    assert r["ver_dev_acc_dev_gallery"] < 1, "each dev photo is scored without itself in the gallery"
+
 
 def test_a_trial_named_after_a_config_runs_in_one_folder(recipes):
     trial = {"grid": "g", "dataset": "celeba", "split": 100, "variant": "configs/faces_cpu.yaml (x), 15 min", "seed": 1}
