@@ -662,16 +662,17 @@ def dev_gallery_metrics(run: Path, data: Path) -> dict | None:
     }
 
 
-def tuned_test_accuracy(
+def tuned_accuracies(
     gallery: np.ndarray, labels: list[str], dev_similarity: np.ndarray, dev_labels: np.ndarray,
     test: np.ndarray, answers: np.ndarray, no_match: str,
-) -> float:  # fmt: skip
-    """Known/unknown test accuracy against ``gallery`` at the threshold tuned on dev's similarities to it."""
+) -> tuple[float, float]:  # fmt: skip
+    """Known/unknown accuracy against ``gallery``: on dev at the threshold tuned on dev's similarities to it, and
+    on test at that threshold."""
     from facenext.verification.identity import best_matches, best_threshold, identity_labels
 
     predicted, best = best_matches(dev_similarity, labels)
-    threshold = best_threshold(best, predicted, dev_labels, no_match)[0]
-    return float((identity_labels(test @ gallery.T, labels, threshold, no_match) == answers).mean())
+    threshold, dev_accuracy = best_threshold(best, predicted, dev_labels, no_match)
+    return dev_accuracy, float((identity_labels(test @ gallery.T, labels, threshold, no_match) == answers).mean())
 
 
 def sparse_dev(args: argparse.Namespace) -> None:
@@ -713,8 +714,8 @@ def sparse_dev(args: argparse.Namespace) -> None:
             alone = normalised(sums)
             joined = with_dev_photos(sums, names, dev[kept], truth[kept], no_match)
             tests = (test, answers, no_match)
-            before = tuned_test_accuracy(alone, names, dev[kept] @ alone.T, truth[kept], *tests)
-            after = tuned_test_accuracy(joined.gallery, joined.labels, joined.dev_similarity, truth[kept], *tests)
+            before = tuned_accuracies(alone, names, dev[kept] @ alone.T, truth[kept], *tests)[1]
+            after = tuned_accuracies(joined.gallery, joined.labels, joined.dev_similarity, truth[kept], *tests)[1]
             gains.append((len(kept), before, after))
     kept, before, after = (np.array(v) for v in zip(*gains, strict=True))
     print(
@@ -752,9 +753,15 @@ def add_dev_gallery(args: argparse.Namespace) -> None:
             r.update(found)
             plain, joined = r["ver_test_acc_plain"], found["ver_test_acc_dev_gallery"]
             print(f"{r['key']}: known/unknown {plain:.3f} plain, {joined:.3f} with the dev photos", flush=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    temporary.replace(path)
+    rewrite_results(path, rows)
+
+
+def rewrite_results(path: Path, rows: list[dict]) -> None:
+    """The results file with ``rows`` in place of its lines, replaced whole (``atomic_write``): an interrupted
+    rewrite leaves the previous file."""
+    from facenext.io import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
 
 
 # Eigenfaces' settings, chosen on selection split 100: colour beat greyscale (0.268 against 0.230 classification,
@@ -785,15 +792,7 @@ def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float)
     from facenext.data.datasets import image_folder
     from facenext.data.layout import find_layout, list_classes, list_images
     from facenext.submission import verification_ids
-    from facenext.verification.identity import (
-        best_matches,
-        best_threshold,
-        dev_truth,
-        identity_labels,
-        known_sums,
-        normalised,
-        with_dev_photos,
-    )
+    from facenext.verification.identity import dev_truth, known_sums, normalised, with_dev_photos
 
     tic = time.perf_counter()
     layout = find_layout(data)
@@ -820,14 +819,14 @@ def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float)
     gallery = normalised(sums)
     dev_files = list_images(layout.unknown_dev)
     dev_x = Embed.get("unknown_dev", [layout.unknown_dev / f for f in dev_files])
-    guessed, best = best_matches(dev_x @ gallery.T, names)
-    threshold, dev_acc = best_threshold(best, guessed, truth := dev_truth(layout, dev_files), no_match)
+    truth = dev_truth(layout, dev_files)
     ids, test_files = verification_ids(layout)
     test_x = Embed.get("unknown_test", [layout.unknown_test / f for f in test_files])
     ver_answers = pd.read_csv(data / "answers" / "verification_test.csv", dtype=str).set_index("id")["label"]
-    test_truth = ver_answers.loc[ids].to_numpy()
+    tests = (test_x, ver_answers.loc[ids].to_numpy(), no_match)
+    plain = tuned_accuracies(gallery, names, dev_x @ gallery.T, truth, *tests)
     joined = with_dev_photos(sums, names, dev_x, truth, no_match)  # verify's default gallery, dev left out
-    joined_guess, joined_best = best_matches(joined.dev_similarity, joined.labels)
+    with_dev = tuned_accuracies(joined.gallery, joined.labels, joined.dev_similarity, truth, *tests)
     features = {
         "unknown_dev": dict(zip(dev_files, dev_x, strict=True)),
         "unknown_test": dict(zip(test_files, test_x, strict=True)),
@@ -837,14 +836,10 @@ def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float)
         **t,
         "exit": 0,
         "cls_test_acc": float((predicted == cls_answers["label"].to_numpy()).mean()),
-        "ver_dev_acc_plain": dev_acc,
-        "ver_test_acc_plain": float(
-            (identity_labels(test_x @ gallery.T, names, threshold, no_match) == test_truth).mean()
-        ),
-        "ver_dev_acc_dev_gallery": best_threshold(joined_best, joined_guess, truth, no_match)[1],
-        "ver_test_acc_dev_gallery": tuned_test_accuracy(
-            joined.gallery, joined.labels, joined.dev_similarity, truth, test_x, test_truth, no_match
-        ),
+        "ver_dev_acc_plain": plain[0],
+        "ver_test_acc_plain": plain[1],
+        "ver_dev_acc_dev_gallery": with_dev[0],
+        "ver_test_acc_dev_gallery": with_dev[1],
         **pair_numbers(features, data),
         "train_s": round(time.perf_counter() - tic, 1),
         "device": "cpu",
@@ -852,20 +847,22 @@ def eigenfaces_trial(data: Path, split: int, px: int, components: int, c: float)
 
 
 def eigenfaces(args: argparse.Namespace) -> None:
-    """Eigenfaces on each celeba split (built under --work if absent), one JSON line each appended to --results."""
+    """Eigenfaces on each celeba split (built under --work if absent), one JSON line each in --results: appended, or
+    in place of a row measured before the dev gallery."""
     path = Path(args.results)
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     for split in args.split_seeds:
         key = eigenfaces_key(split, args.px, args.components, args.c)["key"]
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-        if any(r["key"] == key and "ver_test_acc_dev_gallery" in r for r in rows):
+        at = next((i for i, row in enumerate(rows) if row["key"] == key), None)
+        if at is not None and "ver_test_acc_dev_gallery" in rows[at]:
             continue
         data = dataset(Path(args.work).resolve(), "celeba", split)
         r = eigenfaces_trial(data, split, args.px, args.components, args.c)
-        # a row from before the dev gallery is measured again in its place (eigenfaces is deterministic)
-        rows = [r if old["key"] == key else old for old in rows] if any(o["key"] == key for o in rows) else [*rows, r]
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        temporary.replace(path)
+        if at is None:
+            rows.append(r)
+        else:  # a row from before the dev gallery, measured again in its place (eigenfaces is deterministic)
+            rows[at] = r
+        rewrite_results(path, rows)
         print(
             f"split {split}: classification {r['cls_test_acc']:.3f}, known/unknown {r['ver_test_acc_plain']:.3f} "
             f"({r['ver_test_acc_dev_gallery']:.3f} with the dev photos), "
